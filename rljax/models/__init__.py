@@ -1,0 +1,16 @@
+"""Policy, value and reward networks: one Linen transformer, pure `init`/`apply` over pytrees."""
+
+from rljax.models.api import (
+    Output,
+    apply,
+    count_params,
+    default_positions,
+    forward,
+    init,
+    last_token_values,
+    param_axes,
+    reward,
+)
+from rljax.models.cache import Cache, init_cache
+from rljax.models.config import PRESETS, ModelConfig, RopeScaling, get_config
+from rljax.models.layout import stack_layers, unstack_layers

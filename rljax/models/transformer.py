@@ -1,0 +1,275 @@
+"""A decoder-only transformer in Flax Linen, covering Llama 3, Qwen 2/2.5/3, Gemma 1/2/3 and SmolLM2.
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`); `rljax.sharding`
+maps them to mesh axes. Activations are constrained at block boundaries with logical names too.
+Shapes: B batch, T new tokens, S cache slots, D model, N query heads, K kv heads, G = N / K,
+H head dim, F MLP hidden, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rljax.models import cache as kv_cache
+from rljax.models.config import ModelConfig, embedding_scale
+from rljax.models.rope import apply_rope, inverse_frequencies, rope_angles
+
+# Logical names of the activations at block boundaries.
+ACT_AXES = ("batch", "length", "act_embed")
+# Large negative score for disallowed keys: finite, so a query with no allowed key (a padding
+# query) gets a uniform distribution instead of NaN.
+_MASKED_SCORE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * w (Zhang & Sennrich 2019), computed in float32; Gemma scales by (1 + w)."""
+
+    eps: float
+    plus_one: bool
+    axis_name: str = "embed"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(init, (self.axis_name,)), (x.shape[-1],), self.param_dtype
+        )
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        weight = scale.astype(jnp.float32) + (1.0 if self.plus_one else 0.0)
+        return (normed * weight).astype(self.dtype)
+
+
+class Linear(nn.Module):
+    """y = einsum(spec, x, W) (+ b), W initialised with variance 1 / fan_in over the contracted axes."""
+
+    spec: str  # e.g. "BTD,DNH->BTNH"
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    use_bias: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x_letters, rest = self.spec.split(",")
+        w_letters, y_letters = rest.split("->")
+        fan_in = math.prod(n for letter, n in zip(w_letters, self.shape) if letter in x_letters)
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(fan_in**-0.5), self.axes),
+            self.shape,
+            self.param_dtype,
+        )
+        y = jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            out_dims = [(letter, n, a) for letter, n, a in zip(w_letters, self.shape, self.axes)
+                        if letter in y_letters]
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, tuple(a for _, _, a in out_dims)),
+                tuple(n for _, n, _ in out_dims),
+                self.param_dtype,
+            )
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding [V, D]; `attend` is the tied LM head."""
+
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        self.embedding = self.param(
+            "embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.d_model**-0.5), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.d_model),
+            cfg.weight_dtype,
+        )
+
+    def __call__(self, tokens):
+        x = jnp.take(self.embedding, tokens, axis=0).astype(self.cfg.compute_dtype)
+        # Gemma multiplies by sqrt(D) rounded to the compute dtype, as its reference code does.
+        return x * jnp.asarray(embedding_scale(self.cfg), self.cfg.compute_dtype)
+
+    def attend(self, x):
+        emb = self.embedding.astype(self.cfg.compute_dtype)
+        return jnp.einsum("BTD,VD->BTV", x, emb, preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (Ainslie et al. 2023) with RoPE, optional QK-norm and soft-capping."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, sin, cos, allowed, layer, cache):
+        cfg = self.cfg
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, use_bias=cfg.qkv_bias)
+        q = Linear("BTD,DNH->BTNH", (D, N, H), ("embed", "q_heads", "head_dim"), name="q", **dense)(x)
+        k = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x)
+        v = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x)
+        if cfg.qk_norm:
+            norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, axis_name="head_dim",
+                        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+            q = RMSNorm(name="q_norm", **norm)(q)
+            k = RMSNorm(name="k_norm", **norm)(k)
+        q = apply_rope(q, sin, cos)
+        k = apply_rope(k, sin, cos)
+
+        if cache is not None:
+            # Write this layer's new keys/values at slots index.., then attend over every slot.
+            start = (layer, 0, cache["index"], 0, 0)
+            new_k = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), start)
+            new_v = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), start)
+            cache = {**cache, "k": new_k, "v": new_v}
+            k = jax.lax.dynamic_index_in_dim(new_k, layer, 0, keepdims=False).astype(cfg.compute_dtype)
+            v = jax.lax.dynamic_index_in_dim(new_v, layer, 0, keepdims=False).astype(cfg.compute_dtype)
+
+        B, T = q.shape[:2]
+        q = q.reshape(B, T, K, N // K, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+        scores = scores * cfg.query_scale
+        if cfg.attn_softcap is not None:
+            scores = cfg.attn_softcap * jnp.tanh(scores / cfg.attn_softcap)
+        scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED_SCORE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = Linear("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), name="o",
+                     dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(out)
+        return out, cache
+
+
+class Mlp(nn.Module):
+    """Gated MLP (Shazeer 2020): down(act(x W_gate) * (x W_up)); SwiGLU or GeGLU (tanh GELU)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
+        gate = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="gate", **dense)(x)
+        up = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="up", **dense)(x)
+        act = jax.nn.silu if cfg.activation == "silu" else lambda g: jax.nn.gelu(g, approximate=True)
+        h = act(gate) * up
+        return Linear("BTF,FD->BTD", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), name="down", **dense)(h)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; Gemma 2/3 add a norm on each branch's output ("sandwich")."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, carry, rope_sin, rope_cos, allowed, type_id, layer):
+        """(x, cache) -> ((x, cache), None): the carry form that `nn.scan` expects."""
+        x, cache = carry
+        cfg = self.cfg
+        norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, dtype=cfg.compute_dtype,
+                    param_dtype=cfg.weight_dtype)
+        h = RMSNorm(name="attn_norm", **norm)(x)
+        h, cache = Attention(cfg, name="attn")(
+            h, rope_sin[type_id], rope_cos[type_id], allowed[type_id], layer, cache
+        )
+        if cfg.post_norms:
+            h = RMSNorm(name="post_attn_norm", **norm)(h)
+        x = x + h
+        h = Mlp(cfg, name="mlp")(RMSNorm(name="mlp_norm", **norm)(x))
+        if cfg.post_norms:
+            h = RMSNorm(name="post_mlp_norm", **norm)(h)
+        x = nn.with_logical_constraint(x + h, ACT_AXES)
+        return (x, cache), None
+
+
+def _rope_tables(cfg: ModelConfig, type_names, positions):
+    """(sin, cos) stacked over layer types: [n_types, B, T, H/2] each."""
+    tables = []
+    for name in type_names:
+        if name == "sliding" and cfg.local_rope_theta is not None:
+            inv_freq = inverse_frequencies(cfg.head_dim, cfg.local_rope_theta)  # Gemma 3 local layers
+        else:
+            inv_freq = inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        tables.append(rope_angles(positions, inv_freq))
+    return jnp.stack([s for s, _ in tables]), jnp.stack([c for _, c in tables])
+
+
+class Transformer(nn.Module):
+    """tokens [B, T] -> ({"hidden" [B,T,D], "logits" [B,T,V] float32, "values" [B,T] float32}, cache)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens, positions, mask, cache):
+        cfg = self.cfg
+        B, T = tokens.shape
+        embed = Embed(cfg, name="embed")
+        x = nn.with_logical_constraint(embed(tokens), ACT_AXES)
+
+        if cache is not None:
+            cache = kv_cache.write_tokens(cache, mask, positions)
+            q_slots = cache["index"] + jnp.arange(T)
+            kv_slots = jnp.arange(cache["mask"].shape[1])
+            kv_mask, kv_positions = cache["mask"], cache["positions"]
+        else:
+            q_slots = kv_slots = jnp.arange(T)
+            kv_mask, kv_positions = mask, positions
+
+        # Layers of the same type share their RoPE table and attention mask: compute each once.
+        type_names = sorted(set(cfg.types))
+        type_ids = jnp.asarray([type_names.index(t) for t in cfg.types], jnp.int32)
+        rope_sin, rope_cos = _rope_tables(cfg, type_names, positions)
+        allowed = jnp.stack([
+            kv_cache.attention_mask(q_slots, positions, kv_slots, kv_mask, kv_positions,
+                                    cfg.sliding_window if name == "sliding" else None)
+            for name in type_names
+        ])
+
+        # Under scan, remat must not prevent CSE (it would block the loop's optimisations).
+        block = nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat else Block
+        if cfg.scan_layers:
+            layers = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            (x, cache), _ = layers((x, cache), rope_sin, rope_cos, allowed, type_ids,
+                                   jnp.arange(cfg.n_layers))
+        else:
+            for i in range(cfg.n_layers):
+                (x, cache), _ = block(cfg, name=f"layers_{i}")(
+                    (x, cache), rope_sin, rope_cos, allowed, type_ids[i], jnp.int32(i)
+                )
+
+        x = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, dtype=cfg.compute_dtype,
+                    param_dtype=cfg.weight_dtype, name="final_norm")(x)
+        outputs = {"hidden": x}
+        if cfg.lm_head:
+            if cfg.tie_embeddings:
+                logits = embed.attend(x)
+            else:
+                logits = Linear("BTD,DV->BTV", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
+                                dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name="lm_head")(x)
+            logits = logits.astype(jnp.float32)
+            if cfg.final_softcap is not None:
+                logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+            outputs["logits"] = logits
+        if cfg.value_head:
+            values = Linear("BTD,DO->BTO", (cfg.d_model, 1), ("embed", "head_out"), use_bias=True,
+                            dtype=jnp.float32, param_dtype=cfg.weight_dtype, name="value_head")(x)
+            outputs["values"] = values[..., 0]
+        if cache is not None:
+            cache = kv_cache.advance(cache, T)
+        return outputs, cache
