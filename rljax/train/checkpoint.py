@@ -1,0 +1,71 @@
+"""Checkpoints with orbax: asynchronous saves, keep-N, and resume from the latest step.
+
+A checkpoint holds the whole `TrainState` pytree (policy, critic, optimiser, step, RNG) and a
+JSON dict of host-side state (data position, anything else needed to continue exactly).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves `(state, meta)` every `save_every` steps into `directory`, keeping the last `keep`."""
+
+    def __init__(self, directory: str, save_every: int = 100, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.save_every = save_every
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+            ),
+            item_names=("state", "meta"),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def maybe_save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+        """Saves at multiples of `save_every` (or when forced); returns whether it saved."""
+        if not force and (step % self.save_every != 0):
+            return False
+        if step in self._manager.all_steps():
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores the state at `step` (default: the latest) onto the shardings of `abstract_state`
+        (a pytree of `jax.ShapeDtypeStruct`s with `.sharding`, e.g. from `jax.eval_shape`)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a concrete pytree: the restore target for `tree`."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
