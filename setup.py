@@ -19,6 +19,7 @@ RUNTIME = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "psutil>=5.9",
+    "jinja2>=3.1.6",  # chat templates
 ]
 
 # Real, pip-installable assets: a pretrained model (GGUF) and the GSM8K test split.
@@ -28,6 +29,7 @@ RUNTIME = [
 PARITY = [
     "torch==2.13.0",  # exact pin: the CPU build that lies on this machine's disk
     "transformers>=4.56",
+    "accelerate>=1.0",  # transformers needs it to load GGUF checkpoints
 ]
 
 TEST = PARITY + [
