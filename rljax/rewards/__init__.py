@@ -1,0 +1,46 @@
+"""Verifiable rewards: answer extraction, math and Countdown checkers, format rewards, safe scoring.
+
+  numbers     parse_number, first_number, last_number, numbers_close (exact rationals)
+  extract     extract_answer, extract_number, extract_hash, extract_boxed, extract_answer_tag
+  math_answers  math_reward(completion, answer)
+  countdown   evaluate_expression (a safe parser, no eval), check_countdown, countdown_reward
+  format      format_reward(completion, fmt)
+  reward_fns  fn(completion, example) factories, weighted_sum, task_rewards
+  safe        score(reward_fns, completions, examples, timeout_s=...): errors and hangs score 0
+
+Typical use in an RL loop:
+
+    fns, weights = rewards.task_rewards("gsm8k")          # {"correct": ..., "format": ...}
+    r, metrics = rewards.score(fns, completions, examples, weights=weights, timeout_s=5.0)
+"""
+
+from .countdown import (
+    Evaluation,
+    ExpressionError,
+    check_countdown,
+    countdown_reward,
+    evaluate_expression,
+    extract_expression,
+)
+from .extract import (
+    ANSWER_FORMATS,
+    extract_answer,
+    extract_answer_tag,
+    extract_boxed,
+    extract_hash,
+    extract_number,
+)
+from .format import format_reward
+from .math_answers import math_reward
+from .numbers import first_number, last_number, numbers_close, parse_number
+from .reward_fns import (
+    TASK_ANSWER_FORMATS,
+    RewardFn,
+    WeightedSum,
+    countdown_reward_fn,
+    format_reward_fn,
+    math_reward_fn,
+    task_rewards,
+    weighted_sum,
+)
+from .safe import score
