@@ -96,7 +96,10 @@ class Embed(nn.Module):
         )
 
     def __call__(self, tokens):
-        x = jnp.take(self.embedding, tokens, axis=0).astype(self.cfg.compute_dtype)
+        # Gather from a table whole along D (only the vocabulary stays sharded): with the table
+        # split over D and the tokens over the batch, XLA would replicate the gathered activations.
+        table = nn.with_logical_constraint(self.embedding, ("vocab", None))
+        x = jnp.take(table, tokens, axis=0).astype(self.cfg.compute_dtype)
         # Gemma multiplies by sqrt(D) rounded to the compute dtype, as its reference code does.
         return x * jnp.asarray(embedding_scale(self.cfg), self.cfg.compute_dtype)
 
