@@ -80,16 +80,16 @@ def test_k1_and_k3_are_unbiased_estimates_of_kl(kind):
 
 
 def test_k3_has_lower_variance_than_k1_for_nearby_distributions():
-    samples, _, _, _ = _estimates(seed=1, scale=0.3)
-    assert np.var(samples["k3"]) < 0.5 * np.var(samples["k1"])
+    samples, _, _, _ = _estimates(seed=1, scale=0.1)
+    assert np.var(samples["k3"]) < 0.2 * np.var(samples["k1"])
 
 
 def test_k2_is_biased_but_close_for_nearby_distributions():
-    # Nearby: E[k2] = E[d²]/2 agrees with KL to second order.
-    samples, exact, log_p, log_q = _estimates(seed=2, scale=0.2)
+    # Nearby: E[k2] = E[d²]/2 agrees with KL to second order (a relative error of order |d|).
+    samples, exact, log_p, log_q = _estimates(seed=2, scale=0.1)
     expect_k2 = float(np.sum(np.exp(log_p) * (log_p - log_q) ** 2 / 2))
     assert abs(samples["k2"].mean() - expect_k2) < _ci(samples["k2"])  # it estimates E_π[d²/2]...
-    assert abs(expect_k2 - exact) < 0.1 * exact  # ...which is close to KL here
+    assert abs(expect_k2 - exact) < 0.15 * exact  # ...which is close to KL here
     # Far apart: the bias is large and the samples detect it.
     samples, exact, log_p, log_q = _estimates(seed=2, scale=2.0)
     expect_k2 = float(np.sum(np.exp(log_p) * (log_p - log_q) ** 2 / 2))
