@@ -24,11 +24,12 @@ class MetricsLogger:
 
     Appends when the JSONL already exists (a resumed run), so the curves of a run that was
     interrupted and resumed stay in one file; entries at or after `start_step` are dropped
-    first, so a resumed run does not log the steps after its checkpoint twice.
+    first, so a resumed run does not log the steps after its checkpoint twice. The progress bar
+    counts `log` calls out of `total_steps`, from `done_steps` (default `start_step`).
     """
 
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0, tensorboard: bool = True,
-                 progress: bool = True, description: str = "train"):
+                 progress: bool = True, description: str = "train", done_steps: int | None = None):
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
@@ -43,7 +44,8 @@ class MetricsLogger:
         if progress:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=description, dynamic_ncols=True)
+            initial = start_step if done_steps is None else done_steps
+            self._bar = tqdm(total=total_steps, initial=initial, desc=description, dynamic_ncols=True)
 
     def _truncate_after(self, start_step: int) -> None:
         if not os.path.exists(self.jsonl_path):
@@ -52,7 +54,9 @@ class MetricsLogger:
         with open(self.jsonl_path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in kept)
 
-    def log(self, step: int, metrics: Mapping[str, float], progress_keys: Iterable[str] = ()) -> None:
+    def log(self, step: int, metrics: Mapping[str, float], progress_keys: Iterable[str] = (),
+            advance: bool = True) -> None:
+        """Records `metrics` at `step`; `advance=False` leaves the progress bar where it is."""
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
@@ -60,7 +64,7 @@ class MetricsLogger:
                 if math.isfinite(value):
                     self._tb.add_scalar(name, value, step)
         if self._bar is not None:
-            self._bar.n = step + 1
+            self._bar.update(int(advance))
             shown = {k: f"{metrics[k]:.3g}" for k in progress_keys if k in metrics}
             self._bar.set_postfix(shown, refresh=True)
 

@@ -1,0 +1,39 @@
+"""Runs an experiment config: `python experiments/train.py --config configs/X.py --workdir DIR`.
+
+Any config key can be overridden: `--config.rl.steps=10`. Rerunning with the same --workdir
+resumes from its checkpoints. On several hosts, launch the same command on each; JAX's
+distributed runtime is initialised from the environment (see rljax.sharding.initialize_distributed).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `configs`
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output and checkpoint directory")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO
+    import jax
+
+    from rljax import sharding
+    from rljax.train import experiment
+
+    sharding.initialize_distributed()
+    cache_dir = os.environ.get("RLJAX_COMPILE_CACHE", os.path.expanduser("~/.cache/rljax/jax"))
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    results = experiment.run(_CONFIG.value, _WORKDIR.value)
+    summary = {k: v for k, v in results.items() if k != "config"}
+    print(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,227 @@
+"""An experiment from a config: tokenizer, model, optional SFT warm start, RL, evaluation.
+
+`run(config, workdir)` is what `experiments/train.py` calls. Each stage checkpoints into
+`workdir/checkpoints/<stage>` and resumes from there, so rerunning with the same workdir
+continues where a run stopped; finished stages are not repeated.
+Outputs in workdir: metrics.jsonl, tensorboard/, curves.png, results.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rljax import models
+from rljax.data import tokenizers
+from rljax.data.batching import pad_sft
+from rljax.data.corpus import tokenizer_corpus
+from rljax.data.prompts import chat_messages, plain_prompt, plain_target
+from rljax.data.sampler import PromptSampler
+from rljax.data.tasks import load_task
+from rljax.rewards import task_rewards
+from rljax.train.checkpoint import Checkpointer, abstract_like
+from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
+from rljax.train.optim import make_optimizer
+from rljax.train.rl import RLConfig, RLTrainer, evaluate, validate
+from rljax.train.state import TrainState
+from rljax.train.steps import make_sft_step
+
+CURVES = ("sft/loss", "reward_mean", "eval/accuracy", "kl", "entropy", "response_length", "loss", "grad_norm",
+          "clipfrac", "generate_tokens_per_s")
+
+
+def _plain(config) -> dict:
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+# -- setup ----------------------------------------------------------------------------------------
+def build_tokenizer(config, workdir: str):
+    """A SentencePiece tokenizer trained on the task corpus (from-scratch models), or the one
+    inside the GGUF file of a pretrained model."""
+    kind = config.tokenizer.kind
+    if kind == "gguf":
+        return models.load_gguf_tokenizer(config.model.path or models.gguf.smollm2_gguf_path())
+    if kind != "sentencepiece":
+        raise ValueError(f"tokenizer.kind={kind!r}: choose 'sentencepiece' or 'gguf'")
+    prefix = os.path.join(workdir, "tokenizer")
+    if not os.path.exists(prefix + ".model"):
+        texts = tokenizer_corpus(config.task.name, "train", data_dir=config.task.data_dir, **config.task.knobs)
+        tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size)
+    return tokenizers.SentencePieceTokenizer(prefix + ".model")
+
+
+def build_model(config, tokenizer, key):
+    """(cfg, params): a preset initialised from scratch, or a pretrained GGUF / HF checkpoint."""
+    m = config.model
+    overrides = dict(m.overrides)
+    if m.source == "scratch":
+        cfg = models.get_config(m.preset, vocab_size=tokenizer.vocab_size, **overrides)
+        return cfg, models.init(cfg, key)
+    if m.source == "gguf":
+        cfg, params, _ = models.load_gguf(m.path or models.gguf.smollm2_gguf_path(), **overrides)
+    elif m.source == "hf":
+        cfg, params = models.load_hf(m.path, **overrides)
+    else:
+        raise ValueError(f"model.source={m.source!r}: choose 'scratch', 'gguf' or 'hf'")
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
+                         f"{cfg.vocab_size}: use the model's own tokenizer (tokenizer.kind='gguf')")
+    return cfg, params
+
+
+def prompt_function(config, tokenizer) -> Callable[[dict], str]:
+    if config.task.prompt == "plain":
+        return plain_prompt
+    if config.task.prompt == "chat":
+        fmt = config.task.answer_format
+
+        def chat(example):
+            return tokenizer.apply_chat_template(chat_messages(example, fmt), add_generation_prompt=True)
+
+        return chat
+    raise ValueError(f"task.prompt={config.task.prompt!r}: choose 'plain' or 'chat'")
+
+
+def rl_config(config) -> RLConfig:
+    known = {f.name for f in dataclasses.fields(RLConfig)}
+    given = _plain(config.rl)
+    if unknown := sorted(set(given) - known):
+        raise ValueError(f"unknown rl keys {unknown}; known: {sorted(known)}")
+    return RLConfig(**given)
+
+
+# -- stages ---------------------------------------------------------------------------------------
+class _Stage:
+    """Checkpointing and logging shared by the SFT and RL stages.
+
+    Iteration `it` is logged at x = log_offset + it on the run's shared step axis, so the SFT
+    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard.
+    """
+
+    def __init__(self, name: str, config, workdir: str, total: int, state: TrainState, sampler: PromptSampler,
+                 log_offset: int):
+        self.name, self.total, self.log_offset = name, total, log_offset
+        self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), save_every=config.checkpoint.every,
+                                 keep=config.checkpoint.keep)
+        self.start, self.state, self.sampler = 0, state, sampler
+        if self.ckpt.latest_step() is not None:
+            self.state, meta = self.ckpt.restore(abstract_like(state))
+            self.start = meta["iteration"]
+            sampler.position = meta["data_position"]
+        self.logger = None
+        if self.start < total:
+            self.logger = MetricsLogger(workdir, total_steps=total, start_step=log_offset + self.start,
+                                        done_steps=self.start, tensorboard=config.log.tensorboard,
+                                        progress=config.log.progress, description=name)
+
+    def log(self, it: int, metrics: dict, keys=()):
+        self.logger.log(self.log_offset + it, to_python(metrics), progress_keys=keys)
+
+    def end_iteration(self, it: int, state: TrainState):
+        self.state = state
+        self.ckpt.maybe_save(it + 1, state, {"iteration": it + 1, "data_position": self.sampler.position},
+                             force=it + 1 == self.total)
+
+    def close(self):
+        self.ckpt.close()
+        if self.logger is not None:
+            self.logger.close()
+
+
+def run_sft(config, workdir, cfg, params, tokenizer, train_src, key) -> tuple[Any, dict]:
+    """Supervised warm start on (prompt, answer + EOS) pairs of the training split."""
+    sft = config.sft
+    optimizer = make_optimizer(sft.learning_rate, total_steps=sft.steps, warmup_steps=sft.warmup_steps,
+                               decay="cosine", weight_decay=sft.weight_decay)
+    step = jax.jit(make_sft_step(cfg, optimizer, sft.micro_batches), donate_argnums=0)
+    sampler = PromptSampler(train_src, seed=config.seed)
+    # The state's own key is split off: the step donates the state, and with it that key's buffer.
+    state_key, key = jax.random.split(key)
+    stage = _Stage("sft", config, workdir, sft.steps, TrainState.create(params, optimizer, state_key), sampler, 0)
+    length = config.data.max_prompt_tokens + config.data.max_answer_tokens
+    t0 = time.perf_counter()
+    pending = None  # metrics are fetched one step late, so the host does not wait on the device
+    for it in range(stage.start, sft.steps):
+        examples = sampler.next_batch(sft.batch_size)
+        prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
+        answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
+        tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
+        batch = {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
+        state, metrics = step(stage.state, batch, jax.random.fold_in(key, it))
+        if pending is not None:
+            stage.log(*pending, keys=("sft/loss",))
+        pending = (it, {f"sft/{k}": v for k, v in metrics.items()})
+        stage.end_iteration(it, state)
+    if pending is not None:
+        stage.log(*pending, keys=("sft/loss",))
+    stage.close()
+    return stage.state.params, {"sft_seconds": time.perf_counter() - t0}
+
+
+def run(config, workdir: str) -> dict:
+    """Runs the experiment `config` in `workdir` and returns (and writes) its results."""
+    os.makedirs(workdir, exist_ok=True)
+    rl = rl_config(config)
+    validate(rl)
+    t_start = time.perf_counter()
+    key = jax.random.PRNGKey(config.seed)
+    k_model, k_sft, k_rl = jax.random.split(key, 3)
+
+    tokenizer = build_tokenizer(config, workdir)
+    task = config.task
+    train_src = load_task(task.name, "train", data_dir=task.data_dir, **task.knobs)
+    eval_src = load_task(task.name, "test", data_dir=task.data_dir, **task.knobs)
+    eval_examples = [eval_src[i] for i in range(min(config.eval.num_examples, len(eval_src)))]
+    reward_fns, reward_weights = task_rewards(task.name, task.answer_format)
+    cfg, params = build_model(config, tokenizer, k_model)
+    prompt_fn = prompt_function(config, tokenizer)
+    results: dict[str, Any] = {"config": _plain(config), "model_params": models.count_params(params)}
+
+    if config.sft.steps > 0:
+        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft)
+        results.update(sft_info)
+
+    trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens)
+    evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
+    before = evaluate_now(params)
+    results["accuracy_before_rl"] = before["eval/accuracy"]
+    # The frozen reference is the policy at the start of RL: a copy, since the train step donates
+    # (and so invalidates) the buffers of the params it updates.
+    ref_params = jax.tree.map(jnp.copy, params)
+    sampler = PromptSampler(train_src, seed=config.seed + 1)
+    # RL iteration `it` is logged after its update, at x = sft.steps + 1 + it; x = sft.steps holds
+    # the evaluation of the starting policy.
+    state_key, k_rl = jax.random.split(k_rl)
+    stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key), sampler,
+                   config.sft.steps + 1)
+    if stage.start == 0 and stage.logger is not None:
+        stage.logger.log(config.sft.steps, before, advance=False)
+    t_rl = time.perf_counter()
+    for it in range(stage.start, rl.steps):
+        state, metrics, sample = trainer.iteration(stage.state, sampler, prompt_fn, ref_params,
+                                                   jax.random.fold_in(k_rl, it))
+        if config.eval.every and ((it + 1) % config.eval.every == 0 or it + 1 == rl.steps):
+            metrics.update(evaluate_now(trainer.policy_params(state)))
+        stage.log(it, metrics, keys=("reward_mean", "eval/accuracy", "kl"))
+        stage.end_iteration(it, state)
+    stage.close()
+    after = evaluate_now(trainer.policy_params(stage.state))
+    results.update({
+        "accuracy_after_rl": after["eval/accuracy"],
+        "rl_seconds": time.perf_counter() - t_rl,
+        "wall_seconds": time.perf_counter() - t_start,
+        "eval_examples": len(eval_examples),
+    })
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    results["curves"] = plot_curves(rows, os.path.join(workdir, "curves.png"), CURVES,
+                                    title=f"{task.name}: {rl.algorithm}/{rl.estimator}")
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2, default=str)
+    return results

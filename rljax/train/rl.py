@@ -1,0 +1,304 @@
+"""The RL loop: prompts -> grouped generation -> rewards -> advantages -> policy updates.
+
+One iteration (Shao et al. 2024's GRPO loop; PPO with a critic when `algorithm="ppo"`):
+  1. draw B prompts, sample G completions each (one jit: prefill once, decode loop);
+  2. score them on the host (a reward function that raises or hangs gives 0, counted);
+  3. DAPO dynamic sampling (optional): keep groups whose rewards differ, refill from new prompts;
+  4. trainer log-probs of the samples (old policy; the sampler/trainer mismatch is logged),
+     reference log-probs for the KL, critic values for PPO;
+  5. advantages (group-relative estimators, or GAE on KL-shaped token rewards for PPO);
+  6. `epochs` passes over the batch in `minibatches` shuffled mini-batches of policy updates.
+Iteration i uses PRNG key fold_in(seed_key, i) and the prompt sampler's position from the
+checkpoint, so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rljax import generate, losses, models
+from rljax.data.batching import pad_left
+from rljax.data.sampler import PromptSampler
+from rljax.models.config import ModelConfig
+from rljax.rewards import score
+from rljax.train import rollout
+from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
+from rljax.train.objectives import make_objective
+from rljax.train.optim import make_optimizer
+from rljax.train.state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    """Hyperparameters of the RL loop; the defaults are GRPO's (Shao et al. 2024)."""
+
+    algorithm: str = "grpo"  # "grpo" family (any estimator + policy loss) or "ppo" (critic + GAE)
+    estimator: str = "grpo"  # see rollout.ESTIMATORS; ignored by ppo
+    policy_loss: str = "grpo"  # see objectives.POLICY_LOSSES
+    steps: int = 100  # RL iterations
+    prompts_per_step: int = 16  # B
+    group_size: int = 8  # G
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    epochs: int = 1
+    minibatches: int = 1
+    micro_batches: int = 1
+    clip_eps: float = 0.2
+    clip_eps_high: float | None = None
+    agg: str = "seq-mean-token-mean"
+    beta: float = 0.0  # KL coefficient (in the loss: GRPO's β or kl_coef; in the reward: PPO-style)
+    kl_estimator: str = "k3"
+    kl_in_reward: bool = False
+    entropy_coef: float = 0.0
+    old_logp: str = "trainer"  # "trainer" (recomputed) or "sampler"
+    is_correction: str | None = None  # "truncate" / "mask": sampler/trainer importance weights
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    # PPO
+    value_coef: float = 0.5
+    value_clip: float | None = 0.2
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+
+
+def validate(rl: RLConfig) -> None:
+    """Rejects settings that cannot work, naming the key and the fix."""
+    if rl.algorithm not in ("grpo", "ppo"):
+        raise ValueError(f"rl.algorithm={rl.algorithm!r}: choose 'grpo' (critic-free family) or 'ppo'")
+    if rl.algorithm == "grpo" and rl.estimator not in rollout.ESTIMATORS:
+        raise ValueError(f"rl.estimator={rl.estimator!r}: choose one of {rollout.ESTIMATORS}")
+    group_relative = rl.estimator in ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+    if rl.algorithm == "grpo" and group_relative and rl.group_size < 2:
+        raise ValueError(f"rl.group_size={rl.group_size}: the {rl.estimator} estimator compares samples "
+                         "of a group, so it needs rl.group_size >= 2")
+    rows = rl.prompts_per_step * rl.group_size
+    if rows % (rl.minibatches * rl.micro_batches):
+        raise ValueError(f"rl.prompts_per_step * rl.group_size = {rows} must be divisible by "
+                         f"rl.minibatches * rl.micro_batches = {rl.minibatches * rl.micro_batches}")
+    if rl.old_logp not in ("trainer", "sampler"):
+        raise ValueError(f"rl.old_logp={rl.old_logp!r}: choose 'trainer' or 'sampler'")
+    if rl.is_correction is not None and rl.old_logp != "trainer":
+        raise ValueError("rl.is_correction compares trainer and sampler log-probs: set rl.old_logp='trainer'")
+
+
+def make_rl_objective(rl: RLConfig):
+    """The objective of `rl` (policy loss, KL in the loss unless in the reward, entropy, critic)."""
+    kl_in_loss = rl.beta if not rl.kl_in_reward else 0.0
+    policy = "ppo" if rl.algorithm == "ppo" else rl.policy_loss
+    hparams: dict[str, Any] = {}
+    if policy in ("ppo", "grpo", "gspo"):
+        hparams.update(clip_eps=rl.clip_eps, clip_eps_high=rl.clip_eps_high)
+    if policy == "cispo":
+        hparams.update(clip_eps_high=rl.clip_eps_high if rl.clip_eps_high is not None else 0.28)
+    if policy == "grpo":
+        hparams.update(beta=kl_in_loss, kl=rl.kl_estimator)
+        kl_in_loss = 0.0
+    return make_objective(
+        policy, agg=rl.agg, norm_len=rl.max_new_tokens, kl_coef=kl_in_loss, kl_estimator=rl.kl_estimator,
+        entropy_coef=rl.entropy_coef, value_coef=rl.value_coef if rl.algorithm == "ppo" else 0.0,
+        value_clip=rl.value_clip, is_correction=rl.is_correction, **hparams,
+    )
+
+
+class RLTrainer:
+    """Holds the compiled functions of one RL run; `iteration` runs one loop iteration.
+
+    policy_cfg/ref params: the policy starts from `params`; `ref_params` (frozen) anchors the KL.
+    critic_cfg: PPO's separate critic network (None: the policy's value head, shared trunk).
+    """
+
+    def __init__(self, rl: RLConfig, cfg: ModelConfig, tokenizer, reward_fns: Mapping[str, Callable],
+                 reward_weights: Mapping[str, float], prompt_len: int,
+                 critic_cfg: ModelConfig | None = None, reward_timeout_s: float = 5.0):
+        validate(rl)
+        self.rl, self.cfg, self.tokenizer, self.critic_cfg = rl, cfg, tokenizer, critic_cfg
+        self.reward_fns, self.reward_weights = dict(reward_fns), dict(reward_weights)
+        self.prompt_len, self.reward_timeout_s = prompt_len, reward_timeout_s
+        if rl.algorithm == "ppo" and critic_cfg is None and not cfg.value_head:
+            raise ValueError("PPO needs a critic: set model.value_head=True (shared trunk) or a critic config")
+        updates = rl.steps * rl.epochs * rl.minibatches
+        self.optimizer = make_optimizer(rl.learning_rate, total_steps=updates, warmup_steps=rl.warmup_steps,
+                                        weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
+        step = make_policy_step(cfg, self.optimizer, make_rl_objective(rl), rl.micro_batches, critic_cfg,
+                                with_entropy=True)
+        self._step = jax.jit(step, donate_argnums=0)
+        self._logp = jax.jit(sequence_logprobs, static_argnums=0)
+        self._values = jax.jit(lambda c, p, t, m: state_values(models.forward(c, p, t, mask=m).values),
+                               static_argnums=0)
+
+    # -- state --------------------------------------------------------------------------------
+    def init_state(self, params, key, critic_params=None) -> TrainState:
+        if self.critic_cfg is not None:
+            params = {"policy": params, "critic": critic_params}
+        return TrainState.create(params, self.optimizer, key)
+
+    def policy_params(self, state: TrainState):
+        return state.params["policy"] if self.critic_cfg is not None else state.params
+
+    # -- one iteration ------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]):
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        if (longest := max(len(x) for x in ids)) > self.prompt_len:
+            raise ValueError(f"a prompt has {longest} tokens but data.max_prompt_tokens={self.prompt_len}: "
+                             "raise it or shorten the prompt template")
+        return pad_left(ids, pad_id=self.tokenizer.pad_id, length=self.prompt_len)
+
+    def sample(self, params, prompts: Sequence[str], key, num_samples: int, temperature: float):
+        tokens, mask = self.encode_prompts(prompts)
+        gen = generate.generate(self.cfg, params, tokens, mask, key, max_new_tokens=self.rl.max_new_tokens,
+                                temperature=temperature, top_p=self.rl.top_p if temperature else 1.0,
+                                eos_ids=self.tokenizer.eos_ids, num_samples=num_samples,
+                                pad_id=self.tokenizer.pad_id)
+        return jnp.asarray(tokens), jnp.asarray(mask), gen
+
+    def score(self, gen, examples, num_samples):
+        completions = rollout.decode_completions(self.tokenizer, gen.tokens, gen.mask)
+        rewards, metrics = score(self.reward_fns, completions, rollout.group_examples(examples, num_samples),
+                                 weights=self.reward_weights, timeout_s=self.reward_timeout_s)
+        return rewards, metrics, completions
+
+    def collect(self, params, sampler: PromptSampler, prompt_fn, key):
+        """Steps 1-3: B groups of G scored samples (informative groups first with dynamic sampling)."""
+        rl, B, G = self.rl, self.rl.prompts_per_step, self.rl.group_size
+        kept, spare, metrics = [], [], {}
+        rounds = rl.max_sampling_rounds if rl.dynamic_sampling else 1
+        for r in range(rounds):
+            examples = sampler.next_batch(B)
+            prompt_tokens, prompt_mask, gen = self.sample(params, [prompt_fn(e) for e in examples],
+                                                          jax.random.fold_in(key, r), G, rl.temperature)
+            rewards, metrics_r, completions = self.score(gen, examples, G)
+            seqs = jax.device_get(rollout.sequences_from_generation(prompt_tokens, prompt_mask, gen, G))
+            for i in range(B):
+                group = {k: v[i * G:(i + 1) * G] for k, v in seqs.items()}
+                group["rewards"] = rewards[i * G:(i + 1) * G]
+                group["example"] = examples[i]
+                informative = not rl.dynamic_sampling or np.ptp(group["rewards"]) > 0
+                (kept if informative else spare).append(group)
+            if r == 0:
+                metrics = {**metrics_r, "sample_completion": completions[0]}
+            if len(kept) >= B:
+                break
+        metrics["sampling_rounds"] = r + 1
+        metrics["informative_group_frac"] = min(len(kept), B) / B
+        # Keep the batch shape static: fill up with uninformative groups (zero advantage).
+        groups = (kept + spare)[:B]
+        batch = {k: np.concatenate([g[k] for g in groups]) for k in seqs}
+        rewards = np.concatenate([g["rewards"] for g in groups]).astype(np.float32)
+        greedy = None
+        if rl.algorithm == "grpo" and rl.estimator == "remax":
+            examples = [g["example"] for g in groups]
+            _, _, greedy_gen = self.sample(params, [prompt_fn(e) for e in examples], key, 1, 0.0)
+            greedy, _, _ = self.score(greedy_gen, examples, 1)
+        return batch, rewards, greedy, metrics
+
+    def prepare(self, state: TrainState, batch: dict, rewards: np.ndarray, greedy, ref_params):
+        """Steps 4-5: old/ref log-probs, values, advantages. Returns the train batch and metrics."""
+        rl, cfg = self.rl, self.cfg
+        params = self.policy_params(state)
+        tokens, attn, loss_mask = (jnp.asarray(batch[k]) for k in ("tokens", "attention_mask", "loss_mask"))
+        sampler_logp = jnp.asarray(batch["sampler_logp"])
+        trainer_logp = self._logp(cfg, params, tokens, attn)
+        metrics = {
+            # KL(π_sampler ‖ π_trainer) on the sampled tokens (k3 estimate) and the largest gap.
+            "mismatch/kl": losses.aggregate(losses.kl_estimate(sampler_logp, trainer_logp, "k3"), loss_mask),
+            "mismatch/max_abs": jnp.max(jnp.where(loss_mask, jnp.abs(trainer_logp - sampler_logp), 0.0)),
+        }
+        old_logp = trainer_logp if rl.old_logp == "trainer" else sampler_logp
+        train = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask, "old_logp": old_logp,
+                 "sampler_logp": sampler_logp}
+        if rl.beta:
+            train["ref_logp"] = self._logp(cfg, ref_params, tokens, attn)
+        scores = jnp.asarray(rewards)
+        if rl.algorithm == "ppo":
+            critic = (self.critic_cfg, state.params["critic"]) if self.critic_cfg else (cfg, params)
+            values = self._values(*critic, tokens, attn)
+            ref_logp = train.get("ref_logp", old_logp)
+            token_rewards = losses.kl_penalized_rewards(scores, old_logp, ref_logp, loss_mask, rl.beta,
+                                                        kind="k1")
+            advantages, returns = losses.gae(token_rewards, values, loss_mask, rl.gamma, rl.lam)
+            if rl.whiten_advantages:
+                advantages = losses.whiten(advantages, loss_mask)
+            train.update(advantages=advantages, returns=returns, old_values=values)
+        else:
+            if rl.kl_in_reward and rl.beta:
+                kl = losses.kl_estimate(old_logp, train["ref_logp"], "k1")
+                scores = scores - rl.beta * losses.seq_sum(kl, loss_mask)
+            B, G = rl.prompts_per_step, rl.group_size
+            advantages = rollout.sequence_advantages(
+                rl.estimator, scores.reshape(B, G), None if greedy is None else jnp.asarray(greedy)
+            )
+            train["advantages"] = advantages.reshape(-1)
+        return train, metrics
+
+    def update(self, state: TrainState, train: dict, key) -> tuple[TrainState, list[dict]]:
+        """Step 6: `epochs` × `minibatches` policy updates on shuffled mini-batches."""
+        rl = self.rl
+        rows = train["tokens"].shape[0]
+        size = rows // rl.minibatches
+        step_metrics = []
+        for epoch in range(rl.epochs):
+            order = jax.random.permutation(jax.random.fold_in(key, epoch), rows)
+            for m in range(rl.minibatches):
+                idx = order[m * size:(m + 1) * size]
+                minibatch = jax.tree.map(lambda x: x[idx], train)
+                state, metrics = self._step(state, minibatch, key)
+                step_metrics.append(metrics)
+        return state, step_metrics
+
+    def iteration(self, state: TrainState, sampler: PromptSampler, prompt_fn, ref_params, key):
+        """One RL iteration; returns the new state and host metrics."""
+        t0 = time.perf_counter()
+        batch, rewards, greedy, metrics = self.collect(self.policy_params(state), sampler, prompt_fn, key)
+        t1 = time.perf_counter()
+        train, prep_metrics = self.prepare(state, batch, rewards, greedy, ref_params)
+        state, step_metrics = self.update(state, train, jax.random.fold_in(key, 1 << 20))
+        step_metrics = jax.device_get(step_metrics)  # the one host sync of the update phase
+        t2 = time.perf_counter()
+        loss_mask = batch["loss_mask"]
+        lengths = loss_mask.sum(axis=1)
+        gen_tokens = int(lengths.sum()) * metrics["sampling_rounds"]
+        out = {k: v for k, v in metrics.items() if not isinstance(v, str)}
+        out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})
+        out.update({k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]})
+        out.update({
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()),
+            "response_length": float(lengths.mean()),
+            "time/generate_s": t1 - t0,
+            "time/train_s": t2 - t1,
+            "generate_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            "train_tokens_per_s": self.rl.epochs * int(batch["attention_mask"].sum()) / max(t2 - t1, 1e-9),
+        })
+        return state, out, metrics["sample_completion"]
+
+
+def evaluate(trainer: RLTrainer, params, examples: Sequence[Mapping], prompt_fn, batch_size: int,
+             accuracy_key: str = "reward/correct") -> dict[str, float]:
+    """Greedy held-out evaluation: mean reward, accuracy (the `correct` reward) and length."""
+    totals: dict[str, float] = {}
+    lengths = []
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        pad = batch_size - len(chunk)  # keep one compiled shape: pad the last chunk
+        _, _, gen = trainer.sample(params, [prompt_fn(e) for e in chunk + chunk[:1] * pad],
+                                   jax.random.PRNGKey(0), 1, 0.0)
+        gen = jax.tree.map(lambda x: x[:len(chunk)], gen)
+        rewards, metrics, _ = trainer.score(gen, chunk, 1)
+        for k in ("reward/total", accuracy_key):
+            totals[k] = totals.get(k, 0.0) + metrics.get(k, 0.0) * len(chunk)
+        lengths.extend(np.asarray(gen.mask).sum(axis=1).tolist())
+    n = len(examples)
+    return {"eval/reward": totals["reward/total"] / n, "eval/accuracy": totals.get(accuracy_key, 0.0) / n,
+            "eval/response_length": float(np.mean(lengths))}
