@@ -294,7 +294,7 @@ def evaluate(trainer: RLTrainer, params, examples: Sequence[Mapping], prompt_fn,
         pad = batch_size - len(chunk)  # keep one compiled shape: pad the last chunk
         _, _, gen = trainer.sample(params, [prompt_fn(e) for e in chunk + chunk[:1] * pad],
                                    jax.random.PRNGKey(0), 1, 0.0)
-        gen = jax.tree.map(lambda x: x[:len(chunk)], gen)
+        gen = gen._replace(tokens=gen.tokens[:len(chunk)], mask=gen.mask[:len(chunk)])
         rewards, metrics, _ = trainer.score(gen, chunk, 1)
         for k in ("reward/total", accuracy_key):
             totals[k] = totals.get(k, 0.0) + metrics.get(k, 0.0) * len(chunk)

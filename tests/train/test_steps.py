@@ -143,7 +143,7 @@ def test_sequences_from_generation_layout():
     prompt_mask = jnp.array([[False, True, True], [True, True, True]])
     gen = Generation(tokens=jnp.array([[1, 2], [3, 0], [4, 4], [5, 6]]),
                      mask=jnp.array([[True, True], [True, False], [True, True], [True, True]]),
-                     logprobs=-jnp.ones((4, 2)), sampling_logprobs=None)
+                     logprobs=-jnp.ones((4, 2)), sampling_logprobs=None, num_steps=jnp.int32(2))
     seqs = rollout.sequences_from_generation(prompt, prompt_mask, gen, num_samples=2)
     np.testing.assert_array_equal(seqs["tokens"][1], [0, 5, 6, 3, 0])
     np.testing.assert_array_equal(seqs["tokens"][2], [7, 8, 9, 4, 4])
