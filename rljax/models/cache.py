@@ -54,8 +54,8 @@ def init_cache(cfg: ModelConfig, batch_size: int, max_len: int, dtype=None) -> C
 def write_tokens(cache: Cache, mask: jax.Array, positions: jax.Array) -> Cache:
     """Records the mask [B, T] and positions [B, T] of T new tokens at slots index..index+T-1.
 
-    Keys and values are written per layer by the attention; `index` advances afterwards
-    (see `advance`), so every layer writes at the same slots.
+    Keys and values follow with `write_keys_values`, and `index` advances after both (see
+    `advance`).
     """
     start = (0, cache["index"])
     return Cache(
@@ -65,6 +65,18 @@ def write_tokens(cache: Cache, mask: jax.Array, positions: jax.Array) -> Cache:
         positions=jax.lax.dynamic_update_slice(cache["positions"], positions.astype(jnp.int32), start),
         index=cache["index"],
     )
+
+
+def write_keys_values(cache: Cache, k: jax.Array, v: jax.Array) -> Cache:
+    """Writes every layer's keys and values k, v [L, B, T, K, H] at slots index..index+T-1.
+
+    One write for all layers, after the forward pass has read the cache: inside a decoding loop
+    XLA then updates the cache buffer in place.
+    """
+    start = (0, 0, cache["index"], 0, 0)
+    return Cache(**{**cache,
+                    "k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+                    "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)})
 
 
 def advance(cache: Cache, num_tokens: int) -> Cache:

@@ -109,7 +109,14 @@ class Embed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention (Ainslie et al. 2023) with RoPE, optional QK-norm and soft-capping."""
+    """Grouped-query attention (Ainslie et al. 2023) with RoPE, optional QK-norm and soft-capping.
+
+    Returns the output [B, T, D] and, with a cache, this layer's new (keys, values) [B, T, K, H]
+    for the Transformer to write. The cache is only read here: reading a layer's slice from a
+    cache that the same layer had just updated would keep the old buffer alive beside the new
+    one, and XLA would copy the whole cache at every layer of every decoding step instead of
+    updating it in place.
+    """
 
     cfg: ModelConfig
 
@@ -129,17 +136,18 @@ class Attention(nn.Module):
         q = apply_rope(q, sin, cos)
         k = apply_rope(k, sin, cos)
 
-        if cache is not None:
-            # Write this layer's new keys/values at slots index.., then attend over every slot.
-            start = (layer, 0, cache["index"], 0, 0)
-            new_k = jax.lax.dynamic_update_slice(cache["k"], k[None].astype(cache["k"].dtype), start)
-            new_v = jax.lax.dynamic_update_slice(cache["v"], v[None].astype(cache["v"].dtype), start)
-            cache = {**cache, "k": new_k, "v": new_v}
-            k = jax.lax.dynamic_index_in_dim(new_k, layer, 0, keepdims=False).astype(cfg.compute_dtype)
-            v = jax.lax.dynamic_index_in_dim(new_v, layer, 0, keepdims=False).astype(cfg.compute_dtype)
-
         B, T = q.shape[:2]
         q = q.reshape(B, T, K, N // K, H)
+        new_kv = None
+        if cache is not None:
+            # Attend over this layer's cache slots with the T new keys/values put in at slots
+            # index.., which is what the cache holds once the Transformer has written every
+            # layer's `new_kv` into it, after the last layer.
+            new_kv = k, v = k.astype(cache["k"].dtype), v.astype(cache["v"].dtype)
+            start = (0, cache["index"], 0, 0)
+            k = jax.lax.dynamic_update_slice(_layer_slice(cache["k"], layer), k, start)
+            v = jax.lax.dynamic_update_slice(_layer_slice(cache["v"], layer), v, start)
+            k, v = k.astype(cfg.compute_dtype), v.astype(cfg.compute_dtype)
         scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
         scores = scores * cfg.query_scale
         if cfg.attn_softcap is not None:
@@ -149,7 +157,12 @@ class Attention(nn.Module):
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
         out = Linear("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), name="o",
                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(out)
-        return out, cache
+        return out, new_kv
+
+
+def _layer_slice(x, layer):
+    """Layer `layer` of a cache array [L, B, S, K, H] -> [B, S, K, H]."""
+    return jax.lax.dynamic_index_in_dim(x, layer, 0, keepdims=False)
 
 
 class Mlp(nn.Module):
@@ -175,13 +188,14 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, carry, rope_sin, rope_cos, allowed, type_id, layer):
-        """(x, cache) -> ((x, cache), None): the carry form that `nn.scan` expects."""
+        """(x, cache) -> ((x, cache), new_kv): the carry/output form that `nn.scan` expects;
+        the cache is read, not changed (see `Attention`)."""
         x, cache = carry
         cfg = self.cfg
         norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, dtype=cfg.compute_dtype,
                     param_dtype=cfg.weight_dtype)
         h = RMSNorm(name="attn_norm", **norm)(x)
-        h, cache = Attention(cfg, name="attn")(
+        h, new_kv = Attention(cfg, name="attn")(
             h, rope_sin[type_id], rope_cos[type_id], allowed[type_id], layer, cache
         )
         if cfg.post_norms:
@@ -191,7 +205,7 @@ class Block(nn.Module):
         if cfg.post_norms:
             h = RMSNorm(name="post_mlp_norm", **norm)(h)
         x = nn.with_logical_constraint(x + h, ACT_AXES)
-        return (x, cache), None
+        return (x, cache), new_kv
 
 
 def _rope_tables(cfg: ModelConfig, type_names, positions):
@@ -207,12 +221,17 @@ def _rope_tables(cfg: ModelConfig, type_names, positions):
 
 
 class Transformer(nn.Module):
-    """tokens [B, T] -> ({"hidden" [B,T,D], "logits" [B,T,V] float32, "values" [B,T] float32}, cache)."""
+    """tokens [B, T] -> ({"hidden" [B,T,D], "logits" [B,T,V] float32, "values" [B,T] float32}, cache).
+
+    With `last_only`, the outputs are computed at the last position only (T becomes 1): a
+    generation prefill needs the next-token logits of its last token alone, and the LM head over
+    every prompt position would cost B*T*D*V multiply-adds for nothing.
+    """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens, positions, mask, cache):
+    def __call__(self, tokens, positions, mask, cache, last_only: bool = False):
         cfg = self.cfg
         B, T = tokens.shape
         embed = Embed(cfg, name="embed")
@@ -248,14 +267,22 @@ class Transformer(nn.Module):
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
-            (x, cache), _ = layers((x, cache), rope_sin, rope_cos, allowed, type_ids,
-                                   jnp.arange(cfg.n_layers))
+            (x, cache), new_kv = layers((x, cache), rope_sin, rope_cos, allowed, type_ids,
+                                        jnp.arange(cfg.n_layers))
         else:
+            per_layer = []
             for i in range(cfg.n_layers):
-                (x, cache), _ = block(cfg, name=f"layers_{i}")(
+                (x, cache), layer_kv = block(cfg, name=f"layers_{i}")(
                     (x, cache), rope_sin, rope_cos, allowed, type_ids[i], jnp.int32(i)
                 )
+                per_layer.append(layer_kv)
+            new_kv = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *per_layer)
+        if cache is not None:
+            # One write of every layer's new keys/values, after every layer has read the cache.
+            cache = kv_cache.write_keys_values(cache, *new_kv)
 
+        if last_only:
+            x = x[:, -1:]
         x = RMSNorm(cfg.norm_eps, cfg.norm_plus_one, dtype=cfg.compute_dtype,
                     param_dtype=cfg.weight_dtype, name="final_norm")(x)
         outputs = {"hidden": x}

