@@ -6,14 +6,20 @@ Expected runtime: on this 2-core CPU about 2-4 minutes per RL step at these size
     python experiments/train.py --config configs/grpo_gsm8k_smollm2.py --workdir /tmp/gsm8k
 """
 
+import ml_collections
+
 from configs import base
 
 
 def get_config():
     config = base.get_config()
-    config.task.update(name="gsm8k", knobs={}, prompt="chat", answer_format="hash")
+    # Nested dicts are assigned whole: ConfigDict.update would merge in the arithmetic knobs and
+    # the from-scratch model's dimensions.
+    config.task.knobs = ml_collections.ConfigDict()
+    config.task.update(name="gsm8k", prompt="chat", answer_format="hash")
     config.tokenizer.kind = "gguf"
-    config.model.update(source="gguf", path="", overrides={})
+    config.model.overrides = ml_collections.ConfigDict()
+    config.model.update(source="gguf", path="")
     config.data.update(max_prompt_tokens=256, max_answer_tokens=192)
     config.sft.steps = 0
     config.rl.update(algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=20, prompts_per_step=4,
