@@ -67,7 +67,7 @@ class Linear(nn.Module):
             self.shape,
             self.param_dtype,
         )
-        y = jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
+        y = _einsum_rows(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
             out_dims = [(letter, n, a) for letter, n, a in zip(w_letters, self.shape, self.axes)
                         if letter in y_letters]
@@ -79,6 +79,26 @@ class Linear(nn.Module):
             )
             y = y + bias.astype(self.dtype)
         return y
+
+
+def _einsum_rows(spec: str, x, w):
+    """einsum(spec, x, w), with the leading token axes "BT" of x and of the result flattened into
+    one row axis when the spec has them ("BTD,DF->BTF" is computed as "RD,DF->RF").
+
+    The same product. The point is the backward pass on CPU: the weight's gradient contracts x
+    and the output's cotangent over the token axes, and XLA:CPU feeds that dot through copies that
+    transpose [B, T, F] arrays to [F, B, T] with a slow strided loop (fused with the elementwise
+    producers of the cotangent, such as SwiGLU's derivative); contracting over one row axis, the
+    copies become plain 2-D transposes. Measured on the shape-A GRPO step of
+    experiments/bench_train.py: the copies took ~20% of the step before this change.
+    """
+    x_letters, rest = spec.split(",")
+    w_letters, y_letters = rest.split("->")
+    if not (x_letters.startswith("BT") and y_letters.startswith("BT")) or {"B", "T"} & set(w_letters):
+        return jnp.einsum(spec, x, w)
+    B, T = x.shape[:2]
+    y = jnp.einsum(f"R{x_letters[2:]},{w_letters}->R{y_letters[2:]}", x.reshape(B * T, *x.shape[2:]), w)
+    return y.reshape(B, T, *y.shape[1:])
 
 
 class Embed(nn.Module):
