@@ -5,6 +5,9 @@
   math_answers  math_reward(completion, answer)
   countdown   evaluate_expression (a safe parser, no eval), check_countdown, countdown_reward
   format      format_reward(completion, fmt)
+  code        run_code(program, tests, timeout_s, memory_mb): untrusted Python in a bubblewrap
+              sandbox -> CodeResult(.passed, .status, ...); SandboxUnavailableError
+  code_answers  extract_program, code_reward(completion, tests)
   reward_fns  fn(completion, example) factories, weighted_sum, task_rewards
   safe        score(reward_fns, completions, examples, timeout_s=...): errors and hangs score 0
 
@@ -14,6 +17,8 @@ Typical use in an RL loop:
     r, metrics = rewards.score(fns, completions, examples, weights=weights, timeout_s=5.0)
 """
 
+from .code import CodeResult, SandboxUnavailableError, check_sandbox, run_code
+from .code_answers import CODE_FORMATS, code_reward, extract_program
 from .countdown import (
     Evaluation,
     ExpressionError,
@@ -37,6 +42,7 @@ from .reward_fns import (
     TASK_ANSWER_FORMATS,
     RewardFn,
     WeightedSum,
+    code_reward_fn,
     countdown_reward_fn,
     format_reward_fn,
     math_reward_fn,

@@ -14,6 +14,8 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .code import check_sandbox
+from .code_answers import check_code_format, code_block_format_reward, code_reward
 from .countdown import countdown_reward
 from .extract import ANSWER_FORMATS, check_format
 from .format import format_reward
@@ -22,7 +24,8 @@ from .math_answers import math_reward
 RewardFn = Callable[[str, Mapping[str, Any]], float]
 
 # The answer format each task's prompts ask for by default (see rljax.data.prompts).
-TASK_ANSWER_FORMATS = {"arithmetic": "hash", "gsm8k": "hash", "countdown": "answer_tag"}
+TASK_ANSWER_FORMATS = {"arithmetic": "hash", "gsm8k": "hash", "countdown": "answer_tag",
+                       "code": "plain"}
 
 
 def _math_from_example(completion: str, example: Mapping[str, Any], *, fmt: str,
@@ -41,6 +44,17 @@ def _format_from_example(completion: str, example: Mapping[str, Any], *, fmt: st
     return format_reward(completion, fmt)
 
 
+def _code_from_example(completion: str, example: Mapping[str, Any], *, fmt: str,
+                       timeout_s: float, memory_mb: int) -> float:
+    return code_reward(completion, example["tests"], fmt=fmt, timeout_s=timeout_s,
+                       memory_mb=memory_mb)
+
+
+def _code_format_from_example(completion: str, example: Mapping[str, Any]) -> float:
+    del example
+    return code_block_format_reward(completion)
+
+
 def math_reward_fn(fmt: str = "auto", tol: float = 1e-6) -> RewardFn:
     """`math_reward(completion, example["answer"], fmt=fmt, tol=tol)`."""
     check_format(fmt, ANSWER_FORMATS + ("auto",))
@@ -51,6 +65,15 @@ def countdown_reward_fn(fmt: str = "answer_tag", use_all_numbers: bool = False) 
     """`countdown_reward(completion, example["numbers"], example["target"], ...)`."""
     check_format(fmt, ("answer_tag", "plain"))
     return functools.partial(_countdown_from_example, fmt=fmt, use_all_numbers=use_all_numbers)
+
+
+def code_reward_fn(fmt: str = "plain", timeout_s: float = 3.0, memory_mb: int = 256) -> RewardFn:
+    """`code_reward(completion, example["tests"], ...)`: the program run in the bubblewrap
+    sandbox against the example's tests. `timeout_s` stays below `score`'s default 5 s, so a
+    looping program scores 0 through the sandbox's own kill, not as a reward timeout."""
+    check_code_format(fmt)
+    return functools.partial(_code_from_example, fmt=fmt, timeout_s=timeout_s,
+                             memory_mb=memory_mb)
 
 
 def format_reward_fn(fmt: str) -> RewardFn:
@@ -90,15 +113,30 @@ def task_rewards(task: str, answer_format: str | None = None, *, format_weight: 
     "correct" (weight 1): the answer, extracted strictly in `answer_format` (a policy asked for
     `#### N` that writes "the answer is 18" gets no credit), checked against the example.
     "format" (weight `format_weight`): `format_reward` in that format; absent for "plain".
-    `answer_format` defaults to `TASK_ANSWER_FORMATS[task]`.
+    `answer_format` defaults to `TASK_ANSWER_FORMATS[task]`. For "code" (formats "plain" and
+    "code_block"), the sandbox is checked here, so a run without bubblewrap stops at set-up
+    with `SandboxUnavailableError` instead of scoring every program 0.
     """
     if task not in TASK_ANSWER_FORMATS:
         raise ValueError(f"no default rewards for task {task!r}; "
                          f"known: {sorted(TASK_ANSWER_FORMATS)}")
     fmt = answer_format or TASK_ANSWER_FORMATS[task]
+    if task == "code":
+        return _code_task_rewards(fmt, format_weight)
     correct = countdown_reward_fn(fmt) if task == "countdown" else math_reward_fn(fmt)
     fns, weights = {"correct": correct}, {"correct": 1.0}
     if fmt != "plain":
         fns["format"] = format_reward_fn(fmt)
+        weights["format"] = format_weight
+    return fns, weights
+
+
+def _code_task_rewards(fmt: str, format_weight: float
+                       ) -> tuple[dict[str, RewardFn], dict[str, float]]:
+    correct = code_reward_fn(fmt)
+    check_sandbox()
+    fns, weights = {"correct": correct}, {"correct": 1.0}
+    if fmt == "code_block":
+        fns["format"] = _code_format_from_example
         weights["format"] = format_weight
     return fns, weights
