@@ -1,7 +1,7 @@
 """Data for RL on language models: task datasets (tfds builders), prompts, sampling, batching.
 
   tasks       load_task(name, split, data_dir=None, **knobs) -> TaskSource; TASKS
-  arithmetic, countdown, gsm8k   the tfds builders and their configs (knobs)
+  arithmetic, countdown, gsm8k, code   the tfds builders and their configs (knobs)
   builder     TaskConfig / TaskBuilder, the machinery the builders share
   sampler     PromptSampler: seeded per-epoch order, resumable from one integer
   prompts     plain_prompt, plain_target, chat_messages

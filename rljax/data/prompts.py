@@ -5,7 +5,8 @@ Two kinds of model:
   whose continuation is the bare answer (`plain_target`), so the reward reads it with answer
   format "plain";
 - chat (a pretrained instruct model): `chat_messages` asks for the final answer in a marked
-  format ("hash" `#### <number>`, "boxed" `\\boxed{}`, or "answer_tag" `<answer></answer>`);
+  format ("hash" `#### <number>`, "boxed" `\\boxed{}`, "answer_tag" `<answer></answer>`, or
+  for the code task "code_block", a ```python block);
   render with the tokenizer's chat template:
   `tokenizer.apply_chat_template(chat_messages(example, "hash"), add_generation_prompt=True)`.
 The formats are those of `rljax.rewards.extract`; `rljax.rewards.TASK_ANSWER_FORMATS` gives each
@@ -25,6 +26,7 @@ INSTRUCTIONS = {
     "boxed": "Solve the problem step by step. Then put the final answer within \\boxed{}.",
     "answer_tag": "Show your work in <think> </think> tags. Then give the final answer in "
                   "<answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.",
+    "code_block": "Write the function in Python, in one ```python code block.",
 }
 
 

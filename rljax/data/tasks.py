@@ -20,11 +20,13 @@ import tensorflow_datasets as tfds
 
 from .arithmetic import ArithmeticBuilder
 from .builder import SPLITS, TaskBuilder, TaskConfig
+from .code import CodeBuilder
 from .countdown import CountdownBuilder
 from .gsm8k import Gsm8kBuilder
 
 TASKS: dict[str, type[TaskBuilder]] = {
-    "arithmetic": ArithmeticBuilder, "countdown": CountdownBuilder, "gsm8k": Gsm8kBuilder}
+    "arithmetic": ArithmeticBuilder, "countdown": CountdownBuilder, "gsm8k": Gsm8kBuilder,
+    "code": CodeBuilder}
 
 
 def default_data_dir() -> str:
@@ -48,7 +50,8 @@ class TaskSource(Sequence):
     """One split of a task, random access: `len(source)`, `source[i]` -> an example dict.
 
     Examples hold plain Python values: `id`, `question`, `answer` (str) and the task's own fields
-    (countdown: `numbers` list[int], `target` int; gsm8k: `rationale` str).
+    (countdown: `numbers` list[int], `target` int; gsm8k: `rationale` str; code: `tests`,
+    `entry_point` str).
     Attributes: task, split, config (the knobs), data_source (the underlying tfds source).
     """
 
@@ -75,10 +78,11 @@ class TaskSource(Sequence):
 
 def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None,
               **knobs: Any) -> TaskSource:
-    """Opens split "train" or "test" of task `name` ("arithmetic", "countdown", "gsm8k"),
+    """Opens split "train" or "test" of task `name` ("arithmetic", "countdown", "gsm8k", "code"),
     preparing it into `data_dir` (default `default_data_dir()`) on first use.
 
-    `knobs` are the task config's fields (`ArithmeticConfig`, `CountdownConfig`, `Gsm8kConfig`),
+    `knobs` are the task config's fields (`ArithmeticConfig`, `CountdownConfig`, `Gsm8kConfig`,
+    `CodeConfig`),
     e.g. `load_task("arithmetic", "train", digits=3, operators="+-", train_size=1000)`; an
     unknown knob raises TypeError listing the known ones.
     """
