@@ -72,9 +72,13 @@ def first_number(text: str) -> Fraction | None:
 
 
 def last_number(text: str) -> Fraction | None:
-    """The last number in `text` (the usual fallback answer of a free-form solution), or None."""
-    values = list(iter_numbers(text))
-    return values[-1] if values else None
+    """The last number in `text` (the usual fallback answer of a free-form solution), or None.
+    Only the last token is converted: a completion of many thousand numbers costs one regex
+    scan, not a Fraction per number."""
+    last = None
+    for last in NUMBER_RE.finditer(clean_latex(text)):
+        pass
+    return None if last is None else _match_value(last)
 
 
 def parse_number(text: str) -> Fraction | None:
