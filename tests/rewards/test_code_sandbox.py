@@ -33,12 +33,14 @@ needs_sandbox = pytest.mark.skipif(_PROBLEM is not None, reason=f"no bwrap sandb
 
 
 def _sandbox_processes() -> list[int]:
-    """Host pids still running under a sandbox uid (only meaningful for a root host)."""
+    """Host pids (zombies included) under one of this process's sandbox uids (only meaningful
+    for a root host; other test workers use other uids)."""
+    first = code._SLOTS.base
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if entry.stat().st_uid >= code.SANDBOX_UID_BASE:
+                if first <= entry.stat().st_uid < first + code.MAX_CONCURRENT:
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -196,11 +198,17 @@ def test_stdout_flood_is_cut_off():
 def test_concurrent_runs_are_independent():
     from concurrent.futures import ThreadPoolExecutor
 
-    programs = ["def f(x): return 3 * x + 2", "while True: pass", "def f(x): return 0"] * 2
-    with ThreadPoolExecutor(3) as pool:
-        results = list(pool.map(lambda p: run_code(p, "assert f(1) == 5", timeout_s=2.0),
-                                programs))
-    assert [r.status for r in results] == ["passed", "timeout", "failed"] * 2
+    """A fork bomb running beside them does not make a correct, threaded program fail (runs
+    have their own process budgets: their own user namespaces, and their own uids when the
+    host is root)."""
+    bomb = ("import os, threading\nwhile True:\n    try:\n        os.fork()\n"
+            "    except OSError:\n        pass")
+    programs = ["def f(x): return 3 * x + 2", "while True: pass", "def f(x): return 0", bomb]
+    tests = ("import threading\nworkers = [threading.Thread(target=f, args=(1,)) for _ in range(4)]"
+             "\nfor w in workers: w.start()\nfor w in workers: w.join()\nassert f(1) == 5")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: run_code(p, tests, timeout_s=2.0), programs * 2))
+    assert [r.status for r in results] == ["passed", "timeout", "failed", "timeout"] * 2
 
 
 def test_missing_bwrap_refuses_to_run(monkeypatch):
