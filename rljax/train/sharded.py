@@ -1,0 +1,145 @@
+"""A pure train step jitted over a device mesh: shardings, donation, and placement of host data.
+
+The step factories of `rljax.train.steps` return `step(state, batch, key) -> (state, metrics)`,
+which knows nothing of devices. `shard_train_step` compiles it as one SPMD program over a
+('data', 'fsdp', 'tensor') mesh (`rljax.sharding.make_mesh`):
+
+  state    params by their logical axes (`rljax.sharding.RULES`); every optimiser-state subtree
+           that mirrors the params (Adam's moments, an EMA, ...) like the params; the rest (step
+           counts, the RNG key, schedules' counters) replicated.
+  batch    every array split along its leading B over the data-parallel axes ('data', 'fsdp').
+  key      replicated.
+  output   the state with the input's shardings (so the next step needs no resharding), the
+           metrics replicated (readable on every process).
+
+The state is donated: its buffers are reused for the new state, so a step holds one copy of the
+params and optimiser moments, not two. The caller's state is invalid after the call.
+
+Shardings are computed from shapes only, so the state and batch passed to `shard_train_step` may
+be `jax.eval_shape` structures: nothing full-size needs to exist on one device to plan the step.
+
+Notebook use:
+    mesh = sharding.make_mesh(data=2, fsdp=4)
+    sharded = shard_train_step(make_policy_step(cfg, opt, make_objective("grpo")), mesh,
+                               state, batch, models.param_axes(cfg))
+    state = sharded.place_state(state)
+    state, metrics = sharded(state, sharded.place_batch(batch), key)
+
+Several processes (`rljax.sharding.initialize_distributed`): every process runs the same calls
+with the same global (not per-process) host values; `place_*` copies to each process's devices
+only the shards they hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rljax import sharding
+from rljax.sharding import RULES, Rules
+from rljax.train.state import TrainState
+from rljax.train.steps import Batch, Step
+
+
+def state_shardings(state: TrainState, mesh: Mesh, param_axes: Any, rules: Rules = RULES) -> TrainState:
+    """`NamedSharding`s for every leaf of `state` (arrays or `jax.eval_shape` structures).
+
+    param_axes is the params' pytree of logical specs: `models.param_axes(cfg)`, or
+    {"policy": models.param_axes(cfg), "critic": models.param_axes(critic_cfg)} for PPO with a
+    separate critic. An optimiser-state subtree is sharded like the params when it has the
+    params' tree structure and leaf shapes; matching by structure, not by asking the optimiser
+    (`optax.tree_map_params`), needs no optimiser here and covers any state that stores copies of
+    the params. Every other leaf is replicated.
+    """
+    params_def = jax.tree.structure(state.params)
+    if jax.tree.structure(param_axes, is_leaf=_is_spec) != params_def:
+        raise ValueError("param_axes does not have the structure of state.params; pass "
+                         "models.param_axes(cfg) for the config the params were made with")
+    params_sh = jax.tree.map(lambda axes, p: sharding.logical_to_sharding(axes, p.shape, mesh, rules),
+                             param_axes, state.params, is_leaf=_is_spec)
+    shapes = [p.shape for p in jax.tree.leaves(state.params)]
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def mirrors_params(node) -> bool:
+        return (jax.tree.structure(node) == params_def
+                and [getattr(x, "shape", None) for x in jax.tree.leaves(node)] == shapes)
+
+    opt_sh = jax.tree.map(lambda node: params_sh if mirrors_params(node) else replicated,
+                          state.opt_state, is_leaf=mirrors_params)
+    return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated)
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, (PartitionSpec, tuple))
+
+
+def batch_shardings(batch: Batch, mesh: Mesh, rules: Rules = RULES) -> dict:
+    """Each [B, ...] array split along B over the data-parallel axes that divide B (a batch
+    smaller than data x fsdp is partly replicated rather than refused)."""
+    return {k: sharding.batch_sharding(mesh, x.ndim, batch_size=x.shape[0], rules=rules)
+            for k, x in batch.items()}
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`tree` (host arrays, or arrays on this process's devices, with their global shapes) placed
+    on `shardings`.
+
+    On one process this is `jax.device_put`. On several, each process builds its part of every
+    global array from its own copy of the values (`jax.make_array_from_callback`): only the
+    shards of its own devices are transferred, and no cross-process check of the values runs, so
+    every process must pass the same values. There, keys must be raw uint32 key data
+    (`jax.random.PRNGKey`, as rljax's loops make them), not typed `jax.random.key` arrays.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+@dataclass(frozen=True)
+class ShardedStep:
+    """A train step compiled over `mesh`; call it like the pure step, on placed arguments."""
+
+    mesh: Mesh
+    rules: Rules
+    state_shardings: TrainState
+    batch_shardings: dict
+    jitted: Any  # the jax.jit of the pure step, with the shardings and donation
+
+    def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
+        key = place(key, NamedSharding(self.mesh, PartitionSpec()))
+        # The model's activation constraints resolve against the mesh and rules of the context
+        # in which the step is traced.
+        with sharding.use_mesh(self.mesh, self.rules):
+            return self.jitted(state, batch, key)
+
+    def place_state(self, state: TrainState) -> TrainState:
+        return place(state, self.state_shardings)
+
+    def place_batch(self, batch: Batch) -> dict:
+        return place(dict(batch), self.batch_shardings)
+
+
+def shard_train_step(step: Step, mesh: Mesh, state: TrainState, batch: Batch, param_axes: Any,
+                     rules: Rules = RULES) -> ShardedStep:
+    """Jits the pure `step` over `mesh` with the shardings of `state` and `batch` (examples of
+    the shapes and dtypes: arrays or `jax.eval_shape` structures) and the state donated.
+
+    param_axes: the params' logical specs (see `state_shardings`). A batch of other shapes
+    (another B or T) compiles again but keeps the shardings computed here, so B must still be
+    divisible by the data-parallel axes these shardings split it over.
+    """
+    state_sh = state_shardings(state, mesh, param_axes, rules)
+    batch_sh = batch_shardings(batch, mesh, rules)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, replicated),
+                     out_shardings=(state_sh, replicated), donate_argnums=0)
+    return ShardedStep(mesh, rules, state_sh, batch_sh, jitted)

@@ -1,0 +1,59 @@
+"""The GRPO train step that the sharded tests run on every mesh and in every process layout.
+
+Everything is built on the host from fixed seeds, so that each process of a multi-process run,
+the single-process run and the unsharded reference all start from the same values.
+"""
+
+import jax
+import numpy as np
+
+from rljax import losses, models
+from rljax.train.objectives import make_objective
+from rljax.train.optim import make_optimizer
+from rljax.train.state import TrainState
+from rljax.train.steps import make_policy_step
+
+# Heads, kv heads, MLP and vocabulary divisible by tensor=2; the model dimension by fsdp=4.
+CFG = models.get_config("tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
+                        vocab_size=64)
+B, T, P, GROUP = 8, 10, 4, 4  # rows (divisible by data x fsdp = 8), tokens, prompt tokens, group size
+# Adam's first update is lr·g/(|g| + eps): with optax's default eps=1e-8, a gradient entry near
+# zero moves its parameter by up to lr whatever its size, so the rounding of another reduction
+# order shows at the scale of lr (measured on data=2 x fsdp=2 x tensor=2: params 1e-3 from the
+# one-device step). eps=1e-4 keeps the update a smooth function of g, so the comparison measures
+# the sharding, not that knife edge.
+OPTIMIZER = make_optimizer(learning_rate=1e-2, eps=1e-4)
+
+
+def grpo_problem():
+    """(step, state, batch, key): a pure GRPO step (clipped ratio, k3 KL in the loss) and its
+    inputs, numpy on the host. The batch is 2 prompts x 4 completions of different lengths, with
+    group-normalised advantages of random rewards."""
+    rng = np.random.default_rng(0)
+    prompts = np.repeat(rng.integers(0, CFG.vocab_size, (B // GROUP, P)), GROUP, axis=0)
+    tokens = np.concatenate([prompts, rng.integers(0, CFG.vocab_size, (B, T - P))], axis=1).astype(np.int32)
+    ends = P + rng.integers(1, T - P + 1, B)
+    position = np.arange(T)[None]
+    attention = (position < ends[:, None]) & ~((position < 2) & (np.arange(B)[:, None] < GROUP))  # group 0 left-padded
+    loss_mask = attention & (position >= P)
+    old_logp = np.where(loss_mask, rng.normal(-3.0, 0.3, (B, T)), 0.0).astype(np.float32)
+    rewards = rng.integers(0, 2, (B // GROUP, GROUP)).astype(np.float32)
+    batch = {"tokens": tokens, "attention_mask": attention, "loss_mask": loss_mask, "old_logp": old_logp,
+             "ref_logp": old_logp + np.where(loss_mask, rng.normal(0.0, 0.1, (B, T)), 0.0).astype(np.float32),
+             "advantages": np.asarray(losses.group_advantages(rewards)).reshape(B)}
+    step = make_policy_step(CFG, OPTIMIZER, make_objective("grpo", beta=0.04, clip_eps=0.2))
+    params = models.init(CFG, jax.random.PRNGKey(1))
+    state = jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
+    return step, state, batch, np.asarray(jax.random.PRNGKey(3))
+
+
+STEPS = 2  # the second step reads the first one's Adam moments, which the first step sharded
+
+
+def run_steps(step, state, batch, key):
+    """STEPS steps on the same batch, each with its own key; returns the state and the metrics."""
+    metrics = []
+    for i in range(STEPS):
+        state, m = step(state, batch, jax.random.fold_in(key, i))
+        metrics.append(m)
+    return state, metrics

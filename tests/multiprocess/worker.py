@@ -1,0 +1,68 @@
+"""One process of the multi-process check (`tests/multiprocess/check.py`).
+
+Runs the sharded GRPO steps of `problem.py` on a global data=2 x fsdp=2 x tensor=2 mesh of 8 CPU
+devices, and process 0 writes the gathered params and the metrics to an .npz file. Launched
+either as the only process (8 local devices: the reference) or as one of 2 processes with 4
+devices each, joined by `jax.distributed` and talking through the CPU collectives (gloo).
+
+    python -m tests.multiprocess.worker --out OUT.npz [--num-processes 2 --process-id I
+                                                      --coordinator 127.0.0.1:PORT]
+
+Exit code EXIT_NO_COLLECTIVES (and a line on stderr) when the installed jax has no CPU
+collectives, so that the check can tell "cannot run here" from "ran and failed".
+"""
+
+import argparse
+import os
+import sys
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+EXIT_NO_COLLECTIVES = 3
+MESH = (2, 2, 2)  # (data, fsdp, tensor): each axis's collectives cross processes in some layout
+INIT_TIMEOUT_S = 120  # a peer that never arrives fails the run instead of hanging it
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--coordinator", default=None)
+    args = parser.parse_args()
+
+    if "jax_cpu_collectives_implementation" not in jax.config.values:
+        print(f"jax {jax.__version__} has no jax_cpu_collectives_implementation option: no "
+              "multi-process collectives on CPU", file=sys.stderr)
+        sys.exit(EXIT_NO_COLLECTIVES)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if os.environ.get("RLJAX_COMPILE_CACHE"):  # the test suite's persistent cache (tests/conftest.py)
+        jax.config.update("jax_compilation_cache_dir", os.environ["RLJAX_COMPILE_CACHE"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+    # Imported after the configuration, before any computation, as jax.distributed requires.
+    from rljax import models, sharding
+    from rljax.train.sharded import shard_train_step
+    from tests.multiprocess.problem import CFG, grpo_problem, run_steps
+
+    if args.num_processes > 1:
+        sharding.initialize_distributed(coordinator_address=args.coordinator, num_processes=args.num_processes,
+                                        process_id=args.process_id, initialization_timeout=INIT_TIMEOUT_S)
+    assert jax.device_count() == 8, f"expected 8 global devices, got {jax.device_count()}"
+    assert jax.process_count() == args.num_processes, (jax.process_count(), args.num_processes)
+
+    step, state, batch, key = grpo_problem()
+    mesh = sharding.make_mesh(*MESH)
+    sharded = shard_train_step(step, mesh, state, batch, models.param_axes(CFG))
+    state, metrics = run_steps(sharded, sharded.place_state(state), sharded.place_batch(batch), key)
+
+    params, metrics = multihost_utils.process_allgather((state.params, metrics), tiled=True)
+    if jax.process_index() == 0:
+        named = jax.tree_util.tree_flatten_with_path({"params": params, "metrics": metrics})[0]
+        np.savez(args.out, **{jax.tree_util.keystr(path): np.asarray(x) for path, x in named})
+
+
+if __name__ == "__main__":
+    main()
