@@ -341,16 +341,15 @@ def _classify(stopped: str | None, returncode: int | None, report: tuple[str, st
         return "output_limit", f"more than {max_output_bytes} bytes of output"
     if report is not None and returncode == 0:
         return report
-    if returncode is not None and returncode > 128:
+    if returncode is not None and returncode > 128:  # bwrap's 128 + signal of its child
         sig = returncode - 128
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and stopped is None:
-            # SIGXCPU at the soft CPU limit, SIGKILL at the hard one (or a self-inflicted kill).
-            name = signal.Signals(sig).name
-            return ("timeout" if sig == signal.SIGXCPU else "crashed"), f"killed by {name}"
         try:
-            return "crashed", f"killed by {signal.Signals(sig).name}"
+            name = signal.Signals(sig).name
         except ValueError:
-            pass
+            name = f"signal {sig}"
+        if sig == signal.SIGXCPU:  # the soft CPU-time limit
+            return "timeout", f"killed by {name} at the CPU-time limit"
+        return "crashed", f"killed by {name}"
     return "crashed", f"exited with code {returncode} before reporting a result"
 
 
