@@ -54,6 +54,10 @@ def shrink(config, real_model: bool):
         config.sft.update(steps=min(config.sft.steps, 1), batch_size=4)
     config.rl.update(steps=min(config.rl.steps, 1), prompts_per_step=2, group_size=2, max_new_tokens=4,
                      micro_batches=1, minibatches=min(config.rl.minibatches, 2))
+    if "preference" in config:  # a few sampled pairs, one step of each preference stage
+        config.preference.pairs.update(prompts=16, test_size=4)
+        for stage in (config.preference.policy, config.preference.reward_model):
+            stage.update(steps=min(stage.steps, 1), batch_size=4)
     config.eval.update(every=1, num_examples=2, batch_size=2)
     config.checkpoint.update(every=1)
     config.log.update(progress=False, tensorboard=False)

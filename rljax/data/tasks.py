@@ -88,9 +88,15 @@ def load_task(name: str, split: str, data_dir: str | os.PathLike | None = None,
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}")
+    return open_split(TASKS[name], name, split, data_dir, **knobs)
+
+
+def open_split(builder_cls: type[TaskBuilder], name: str, split: str,
+               data_dir: str | os.PathLike | None = None, **knobs: Any) -> TaskSource:
+    """Opens `split` of any `TaskBuilder` for `knobs`, preparing it on first use (`load_task`'s
+    machinery, also used by builders outside `TASKS`, e.g. `rljax.data.preference`)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are {SPLITS}")
-    builder_cls = TASKS[name]
     config = builder_cls.config_for(**knobs)
     source = tfds.data_source(builder_cls.name, split=split,
                               data_dir=os.fspath(data_dir or default_data_dir()),

@@ -28,6 +28,7 @@ from rljax.data.tasks import load_task
 from rljax.rewards import task_rewards
 from rljax.train.checkpoint import Checkpointer, abstract_like
 from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
+from rljax.train import preference
 from rljax.train.optim import make_optimizer
 from rljax.train.rl import RLConfig, RLTrainer, evaluate, validate
 from rljax.train.state import TrainState
@@ -190,6 +191,11 @@ def run(config, workdir: str) -> dict:
 
     trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens)
     evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
+    if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
+        params, trainer.reward_model, preference_info = preference.run_stages(
+            config, workdir, cfg, params, tokenizer, train_src, prompt_fn, evaluate_now,
+            jax.random.fold_in(key, 3), _Stage)
+        results.update(preference_info)
     before = evaluate_now(params)
     results["accuracy_before_rl"] = before["eval/accuracy"]
     # The frozen reference is the policy at the start of RL: a copy, since the train step donates

@@ -117,13 +117,18 @@ class RLTrainer:
 
     policy_cfg/ref params: the policy starts from `params`; `ref_params` (frozen) anchors the KL.
     critic_cfg: PPO's separate critic network (None: the policy's value head, shared trunk).
+    reward_model: a learned reward, (tokens [B, T], attention_mask [B, T]) -> [B] (e.g.
+      `rljax.train.reward_model.reward_function`): when set, the policy is trained on it, and the
+      reward functions' score is only logged (reward/true; reward/learned is the model's).
     """
 
     def __init__(self, rl: RLConfig, cfg: ModelConfig, tokenizer, reward_fns: Mapping[str, Callable],
                  reward_weights: Mapping[str, float], prompt_len: int,
-                 critic_cfg: ModelConfig | None = None, reward_timeout_s: float = 5.0):
+                 critic_cfg: ModelConfig | None = None, reward_timeout_s: float = 5.0,
+                 reward_model: Callable | None = None):
         validate(rl)
         self.rl, self.cfg, self.tokenizer, self.critic_cfg = rl, cfg, tokenizer, critic_cfg
+        self.reward_model = reward_model
         self.reward_fns, self.reward_weights = dict(reward_fns), dict(reward_weights)
         self.prompt_len, self.reward_timeout_s = prompt_len, reward_timeout_s
         if rl.algorithm == "ppo" and critic_cfg is None and not cfg.value_head:
@@ -180,6 +185,11 @@ class RLTrainer:
                                                           jax.random.fold_in(key, r), G, rl.temperature)
             rewards, metrics_r, completions = self.score(gen, examples, G)
             seqs = jax.device_get(rollout.sequences_from_generation(prompt_tokens, prompt_mask, gen, G))
+            if self.reward_model is not None:  # the learned reward replaces the verifier's, only logged
+                learned = self.reward_model(seqs["tokens"], seqs["attention_mask"])
+                metrics_r = {**metrics_r, "reward/true": float(np.mean(rewards)),
+                             "reward/learned": float(np.mean(learned))}
+                rewards = learned
             for i in range(B):
                 group = {k: v[i * G:(i + 1) * G] for k, v in seqs.items()}
                 group["rewards"] = rewards[i * G:(i + 1) * G]

@@ -1,0 +1,88 @@
+"""Reward models: a scalar head on a transformer trunk, trained on preference pairs with the
+Bradley-Terry loss, and used as the reward of RL.
+
+The reward of a sequence (prompt + response + EOS) is the value head's output at its last real
+token (`models.reward`, Ouyang et al. 2022). Under the Bradley-Terry model (Bradley & Terry 1952)
+
+    P(y_w ≻ y_l | x) = σ(r(x, y_w) − r(x, y_l)),
+
+so training minimises `losses.bradley_terry_loss(r_w, r_l)` = mean −log σ(r_w − r_l − m)
+(+ optional reward centring), and the held-out check is the pairwise accuracy
+mean 1[r(x, y_w) > r(x, y_l)]. Pairs are the [B, 2, T] batches of
+`rljax.train.preference.encode_pairs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rljax import losses, models
+from rljax.models.config import ModelConfig
+from rljax.train.state import TrainState
+from rljax.train.steps import Batch, Step, _update, accumulate_gradients
+
+
+def init_reward_model(cfg: ModelConfig, params, key: jax.Array) -> tuple[ModelConfig, dict]:
+    """A reward model on the policy's trunk: `cfg` with a value head and no LM head, its trunk
+    weights copied from `params` (e.g. the SFT policy, as in Ouyang et al. 2022) and a freshly
+    initialised value head."""
+    rm_cfg = dataclasses.replace(cfg, value_head=True, lm_head=False)
+    fresh = models.init(rm_cfg, key)
+    rm_params = {k: jax.tree.map(jnp.copy, params[k]) if k in params and k != "value_head" else v
+                 for k, v in fresh.items()}
+    return rm_cfg, rm_params
+
+
+def pair_rewards(cfg: ModelConfig, params, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """Rewards of rows [..., T] (read at each row's last real token) -> [...]."""
+    lead, T = tokens.shape[:-1], tokens.shape[-1]
+    return models.reward(cfg, params, tokens.reshape(-1, T), attention_mask.reshape(-1, T)).reshape(lead)
+
+
+def make_reward_model_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
+                           margin: float = 0.0, center_coef: float = 0.0) -> Step:
+    """A Bradley-Terry step on pairs (batch: tokens, attention_mask [B, 2, T]; axis 1 chosen,
+    rejected), with exact gradient accumulation over `micro_batches` slices along B.
+    Metrics: loss, grad_norm and `bradley_terry_loss`'s reward metrics (reward_accuracy: the
+    training pairwise accuracy)."""
+
+    def step(state: TrainState, batch: Batch, key: jax.Array):
+        del key  # deterministic
+        total = batch["tokens"].shape[0]
+
+        def loss_fn(params, mb):
+            r = pair_rewards(cfg, params, mb["tokens"], mb["attention_mask"])
+            value, metrics = losses.bradley_terry_loss(r[:, 0], r[:, 1], margin=margin, center_coef=center_coef)
+            return value * (mb["tokens"].shape[0] / total), metrics
+
+        value, metrics, grads = accumulate_gradients(loss_fn, state.params, batch, micro_batches)
+        return _update(state, optimizer, value, metrics, grads)
+
+    return step
+
+
+_jit_pair_rewards = jax.jit(pair_rewards, static_argnums=0)
+
+
+def pairwise_accuracy(cfg: ModelConfig, params, batches: Iterable[Batch]) -> float:
+    """Fraction of pairs whose chosen response gets the higher reward, over `batches` of pairs
+    (tokens, attention_mask [B, 2, T]); a tie counts as wrong."""
+    right, total = 0, 0
+    for batch in batches:
+        r = np.asarray(_jit_pair_rewards(cfg, params, batch["tokens"], batch["attention_mask"]))
+        right += int(np.sum(r[:, 0] > r[:, 1]))
+        total += r.shape[0]
+    return right / total
+
+
+def reward_function(cfg: ModelConfig, params) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """The learned reward as a host function: (tokens [B, T], attention_mask [B, T]) -> rewards [B]
+    (float32), what `rljax.train.rl.RLTrainer(reward_model=...)` scores samples with."""
+    return lambda tokens, attention_mask: np.asarray(_jit_pair_rewards(cfg, params, tokens, attention_mask),
+                                                     np.float32)
