@@ -205,8 +205,9 @@ def load_preferences(path: str | os.PathLike, split: str, data_dir: str | os.Pat
 # -- the unpaired (KTO) view ------------------------------------------------------------------------
 class UnpairedView(Sequence):
     """Pairs as unpaired examples (Ethayarajh et al. 2024): row 2i is pair i's chosen response
-    (desirable), row 2i+1 its rejected one (undesirable); each row keeps id, question, answer
-    and prompt, with `completion` and `desirable` in place of chosen/rejected."""
+    (desirable), row 2i+1 its rejected one (undesirable); each row keeps the pair's other fields
+    (prompt, question, answer...), with `completion` and `desirable` in place of chosen/rejected
+    and `<id>/chosen` or `<id>/rejected` as its id."""
 
     def __init__(self, pairs: Sequence[Mapping[str, Any]]):
         self.pairs = pairs
@@ -217,10 +218,10 @@ class UnpairedView(Sequence):
     def __getitem__(self, index: int) -> Example:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} unpaired rows")
-        pair = self.pairs[index % len(self) // 2]
-        desirable = index % 2 == 0
-        row = {k: pair[k] for k in ("question", "answer", "prompt")}
-        return {"id": f"{pair['id']}/{'chosen' if desirable else 'rejected'}", **row,
+        i, desirable = index % len(self) // 2, index % 2 == 0
+        pair = self.pairs[i]
+        row = {k: v for k, v in pair.items() if k not in ("id", "chosen", "rejected")}
+        return {"id": f"{pair.get('id', i)}/{'chosen' if desirable else 'rejected'}", **row,
                 "completion": pair["chosen" if desirable else "rejected"], "desirable": desirable}
 
 
