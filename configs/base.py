@@ -36,5 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.rl = ml_collections.ConfigDict(dataclasses.asdict(RLConfig()))
     config.eval = ml_collections.ConfigDict(dict(every=10, num_examples=200, batch_size=100))
     config.checkpoint = ml_collections.ConfigDict(dict(every=50, keep=2))
+    # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
+    config.faults = ml_collections.ConfigDict(dict(max_consecutive_nonfinite=5))
     config.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
     return config

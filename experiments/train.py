@@ -1,7 +1,8 @@
 """Runs an experiment config: `python experiments/train.py --config configs/X.py --workdir DIR`.
 
 Any config key can be overridden: `--config.rl.steps=10`. Rerunning with the same --workdir
-resumes from its checkpoints. On several hosts, launch the same command on each; JAX's
+resumes from its checkpoints; on SIGTERM the run saves a checkpoint and exits with status 143.
+On several hosts, launch the same command on each; JAX's
 distributed runtime is initialised from the environment (see rljax.sharding.initialize_distributed).
 """
 
@@ -25,12 +26,16 @@ def main(argv):
     import jax
 
     from rljax import sharding
-    from rljax.train import experiment
+    from rljax.train import experiment, faults
 
     sharding.initialize_distributed()
     cache_dir = os.environ.get("RLJAX_COMPILE_CACHE", os.path.expanduser("~/.cache/rljax/jax"))
     jax.config.update("jax_compilation_cache_dir", cache_dir)
-    results = experiment.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        results = experiment.run(_CONFIG.value, _WORKDIR.value)
+    except faults.Preempted as preempted:
+        print(preempted, file=sys.stderr)
+        sys.exit(faults.PREEMPTED_EXIT_CODE)
     summary = {k: v for k, v in results.items() if k != "config"}
     print(json.dumps(summary, indent=2, default=str))
 

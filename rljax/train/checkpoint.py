@@ -7,6 +7,7 @@ JSON dict of host-side state (data position, anything else needed to continue ex
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -43,11 +44,30 @@ class Checkpointer:
         )
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores the state at `step` (default: the latest) onto the shardings of `abstract_state`
-        (a pytree of `jax.ShapeDtypeStruct`s with `.sharding`, e.g. from `jax.eval_shape`)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
+        """Restores the state at `step` onto the shardings of `abstract_state` (a pytree of
+        `jax.ShapeDtypeStruct`s with `.sharding`, e.g. from `jax.eval_shape`).
+
+        Without `step`, the newest checkpoint that can be read: one that fails to restore (a
+        partial write, a truncated or corrupt file) is renamed `<step>.corrupt` (kept for
+        inspection, invisible to later restores and saves) with a warning, and the one before it
+        is tried."""
+        if step is not None:
+            return self._restore(abstract_state, step)
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        for i, candidate in enumerate(steps):
+            try:
+                return self._restore(abstract_state, candidate)
+            except Exception as error:  # noqa: BLE001 - any failure to read means "unusable"
+                fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
+                warnings.warn(f"checkpoint step {candidate} in {self.directory} cannot be restored "
+                              f"({type(error).__name__}: {error}); moved aside as {candidate}.corrupt, "
+                              f"{fallback}", stacklevel=2)
+                self._set_aside(candidate)
+        raise FileNotFoundError(f"no readable checkpoint in {self.directory} (tried steps {steps})")
+
+    def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -55,6 +75,16 @@ class Checkpointer:
             ),
         )
         return restored["state"], dict(restored["meta"])
+
+    def _set_aside(self, step: int) -> None:
+        path = os.path.join(self.directory, str(step))
+        target = path + ".corrupt"
+        suffix = 1
+        while os.path.exists(target):
+            target, suffix = f"{path}.corrupt{suffix}", suffix + 1
+        if jax.process_index() == 0 and os.path.exists(path):
+            os.replace(path, target)
+        self._manager.reload()
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -27,6 +27,7 @@ from rljax.data.sampler import PromptSampler
 from rljax.data.tasks import load_task
 from rljax.rewards import task_rewards
 from rljax.train.checkpoint import Checkpointer, abstract_like
+from rljax.train.faults import NonFiniteGuard, Preempted, Preemption
 from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
 from rljax.train import preference
 from rljax.train.optim import make_optimizer
@@ -103,12 +104,14 @@ class _Stage:
     """Checkpointing and logging shared by the SFT and RL stages.
 
     Iteration `it` is logged at x = log_offset + it on the run's shared step axis, so the SFT
-    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard.
+    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard. With a
+    `preemption` flag, an iteration that ends after SIGTERM saves a checkpoint and raises
+    `Preempted`.
     """
 
     def __init__(self, name: str, config, workdir: str, total: int, state: TrainState, sampler: PromptSampler,
-                 log_offset: int):
-        self.name, self.total, self.log_offset = name, total, log_offset
+                 log_offset: int, preemption: Preemption | None = None):
+        self.name, self.total, self.log_offset, self.preemption = name, total, log_offset, preemption
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), save_every=config.checkpoint.every,
                                  keep=config.checkpoint.keep)
         self.start, self.state, self.sampler = 0, state, sampler
@@ -127,8 +130,12 @@ class _Stage:
 
     def end_iteration(self, it: int, state: TrainState):
         self.state = state
+        stop = self.preemption is not None and self.preemption.should_stop()
         self.ckpt.maybe_save(it + 1, state, {"iteration": it + 1, "data_position": self.sampler.position},
-                             force=it + 1 == self.total)
+                             force=stop or it + 1 == self.total)
+        if stop:
+            self.ckpt.wait()
+            raise Preempted(self.name, it + 1, self.ckpt.directory)
 
     def close(self):
         self.ckpt.close()
@@ -136,7 +143,8 @@ class _Stage:
             self.logger.close()
 
 
-def run_sft(config, workdir, cfg, params, tokenizer, train_src, key) -> tuple[Any, dict]:
+def run_sft(config, workdir, cfg, params, tokenizer, train_src, key,
+            preemption: Preemption | None = None) -> tuple[Any, dict]:
     """Supervised warm start on (prompt, answer + EOS) pairs of the training split."""
     sft = config.sft
     optimizer = make_optimizer(sft.learning_rate, total_steps=sft.steps, warmup_steps=sft.warmup_steps,
@@ -145,29 +153,48 @@ def run_sft(config, workdir, cfg, params, tokenizer, train_src, key) -> tuple[An
     sampler = PromptSampler(train_src, seed=config.seed)
     # The state's own key is split off: the step donates the state, and with it that key's buffer.
     state_key, key = jax.random.split(key)
-    stage = _Stage("sft", config, workdir, sft.steps, TrainState.create(params, optimizer, state_key), sampler, 0)
+    stage = _Stage("sft", config, workdir, sft.steps, TrainState.create(params, optimizer, state_key), sampler, 0,
+                   preemption)
+    guard = NonFiniteGuard(config.faults.max_consecutive_nonfinite)
     length = config.data.max_prompt_tokens + config.data.max_answer_tokens
     t0 = time.perf_counter()
     pending = None  # metrics are fetched one step late, so the host does not wait on the device
-    for it in range(stage.start, sft.steps):
-        examples = sampler.next_batch(sft.batch_size)
-        prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
-        answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
-        tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
-        batch = {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
-        state, metrics = step(stage.state, batch, jax.random.fold_in(key, it))
+
+    def log_pending():
+        nonlocal pending
+        (it, metrics), pending = pending, None
+        metrics = to_python(metrics)
+        guard.observe(metrics["sft/nonfinite"], where=f"SFT step {it}")
+        stage.log(it, metrics, keys=("sft/loss",))
+
+    try:
+        for it in range(stage.start, sft.steps):
+            examples = sampler.next_batch(sft.batch_size)
+            prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
+            answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
+            tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
+            batch = {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
+            state, metrics = step(stage.state, batch, jax.random.fold_in(key, it))
+            if pending is not None:
+                log_pending()
+            pending = (it, {f"sft/{k}": v for k, v in metrics.items()})
+            stage.end_iteration(it, state)
+    finally:  # a preempted or failed run still logs the last step it took
         if pending is not None:
-            stage.log(*pending, keys=("sft/loss",))
-        pending = (it, {f"sft/{k}": v for k, v in metrics.items()})
-        stage.end_iteration(it, state)
-    if pending is not None:
-        stage.log(*pending, keys=("sft/loss",))
-    stage.close()
+            log_pending()
+        stage.close()
     return stage.state.params, {"sft_seconds": time.perf_counter() - t0}
 
 
 def run(config, workdir: str) -> dict:
-    """Runs the experiment `config` in `workdir` and returns (and writes) its results."""
+    """Runs the experiment `config` in `workdir` and returns (and writes) its results.
+
+    SIGTERM during the run makes the current stage save a checkpoint and raise `Preempted`."""
+    with Preemption() as preemption:
+        return _run(config, workdir, preemption)
+
+
+def _run(config, workdir: str, preemption: Preemption) -> dict:
     os.makedirs(workdir, exist_ok=True)
     rl = rl_config(config)
     validate(rl)
@@ -186,10 +213,11 @@ def run(config, workdir: str) -> dict:
     results: dict[str, Any] = {"config": _plain(config), "model_params": models.count_params(params)}
 
     if config.sft.steps > 0:
-        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft)
+        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft, preemption)
         results.update(sft_info)
 
-    trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens)
+    trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens,
+                        guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite))
     evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
     if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
         params, trainer.reward_model, preference_info = preference.run_stages(
@@ -206,18 +234,20 @@ def run(config, workdir: str) -> dict:
     # the evaluation of the starting policy.
     state_key, k_rl = jax.random.split(k_rl)
     stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key), sampler,
-                   config.sft.steps + 1)
+                   config.sft.steps + 1, preemption)
     if stage.start == 0 and stage.logger is not None:
         stage.logger.log(config.sft.steps, before, advance=False)
     t_rl = time.perf_counter()
-    for it in range(stage.start, rl.steps):
-        state, metrics, sample = trainer.iteration(stage.state, sampler, prompt_fn, ref_params,
-                                                   jax.random.fold_in(k_rl, it))
-        if config.eval.every and ((it + 1) % config.eval.every == 0 or it + 1 == rl.steps):
-            metrics.update(evaluate_now(trainer.policy_params(state)))
-        stage.log(it, metrics, keys=("reward_mean", "eval/accuracy", "kl"))
-        stage.end_iteration(it, state)
-    stage.close()
+    try:
+        for it in range(stage.start, rl.steps):
+            state, metrics, sample = trainer.iteration(stage.state, sampler, prompt_fn, ref_params,
+                                                       jax.random.fold_in(k_rl, it))
+            if config.eval.every and ((it + 1) % config.eval.every == 0 or it + 1 == rl.steps):
+                metrics.update(evaluate_now(trainer.policy_params(state)))
+            stage.log(it, metrics, keys=("reward_mean", "eval/accuracy", "kl"))
+            stage.end_iteration(it, state)
+    finally:
+        stage.close()
     after = evaluate_now(trainer.policy_params(stage.state))
     results.update({
         "accuracy_after_rl": after["eval/accuracy"],

@@ -29,6 +29,7 @@ from rljax.models.config import ModelConfig
 from rljax.rewards import score
 from rljax.train import rollout
 from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
+from rljax.train.faults import NonFiniteGuard
 from rljax.train.objectives import make_objective
 from rljax.train.optim import make_optimizer
 from rljax.train.state import TrainState
@@ -117,6 +118,8 @@ class RLTrainer:
 
     policy_cfg/ref params: the policy starts from `params`; `ref_params` (frozen) anchors the KL.
     critic_cfg: PPO's separate critic network (None: the policy's value head, shared trunk).
+    guard: counts optimiser steps skipped for a non-finite loss or gradient and stops the run
+      after too many in a row (default: `NonFiniteGuard()`).
     reward_model: a learned reward, (tokens [B, T], attention_mask [B, T]) -> [B] (e.g.
       `rljax.train.reward_model.reward_function`): when set, the policy is trained on it, and the
       reward functions' score is only logged (reward/true; reward/learned is the model's).
@@ -125,10 +128,11 @@ class RLTrainer:
     def __init__(self, rl: RLConfig, cfg: ModelConfig, tokenizer, reward_fns: Mapping[str, Callable],
                  reward_weights: Mapping[str, float], prompt_len: int,
                  critic_cfg: ModelConfig | None = None, reward_timeout_s: float = 5.0,
-                 reward_model: Callable | None = None):
+                 reward_model: Callable | None = None, guard: NonFiniteGuard | None = None):
         validate(rl)
         self.rl, self.cfg, self.tokenizer, self.critic_cfg = rl, cfg, tokenizer, critic_cfg
         self.reward_model = reward_model
+        self.guard = guard if guard is not None else NonFiniteGuard()
         self.reward_fns, self.reward_weights = dict(reward_fns), dict(reward_weights)
         self.prompt_len, self.reward_timeout_s = prompt_len, reward_timeout_s
         if rl.algorithm == "ppo" and critic_cfg is None and not cfg.value_head:
@@ -275,6 +279,8 @@ class RLTrainer:
         train, prep_metrics = self.prepare(state, batch, rewards, greedy, ref_params)
         state, step_metrics = self.update(state, train, jax.random.fold_in(key, 1 << 20))
         step_metrics = jax.device_get(step_metrics)  # the one host sync of the update phase
+        skipped = self.guard.observe([m["nonfinite"] for m in step_metrics],
+                                     where=f"RL optimiser step {int(state.step)}")
         t2 = time.perf_counter()
         loss_mask = batch["loss_mask"]
         lengths = loss_mask.sum(axis=1)
@@ -283,6 +289,8 @@ class RLTrainer:
         out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})
         out.update({k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]})
         out.update({
+            "nonfinite_steps": float(skipped),
+            "nonfinite_total": float(self.guard.total),
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std()),
             "response_length": float(lengths.mean()),

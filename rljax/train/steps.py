@@ -246,8 +246,15 @@ def accumulate_gradients(loss_fn, params, batch: Batch, micro_batches: int):
 
 
 def _update(state: TrainState, optimizer, loss, metrics, grads) -> tuple[TrainState, dict]:
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
-    return state.apply_gradients(grads, optimizer), metrics
+    """Applies the gradients, unless the loss or a gradient is not finite: then the whole state
+    (params, optimiser moments, step) is kept as it was, so one bad batch cannot poison Adam's
+    moments, and the step reports `nonfinite` = 1 for the loop to count (`faults.NonFiniteGuard`)."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # the norm is NaN/inf iff some gradient is
+    updated = state.apply_gradients(grads, optimizer)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return state, metrics
 
 
 def make_sft_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
