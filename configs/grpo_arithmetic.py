@@ -1,17 +1,29 @@
-"""The main job: a from-scratch transformer learns 2-digit addition and subtraction on a CPU,
-first by supervised warm start (SFT), then by GRPO (Shao et al. 2024) against the verifier.
+"""The main job: a from-scratch transformer (0.8M parameters) learns 1-digit, 3-operand addition
+and subtraction ("What is 7 - 3 + 9?") on a CPU, first by a supervised warm start (SFT), then by
+GRPO (Shao et al. 2024) against the exact verifier. About 6 minutes on an idle 2-core CPU.
 
     python experiments/train.py --config configs/grpo_arithmetic.py --workdir /tmp/grpo_arithmetic
+
+The RL learning rate is small on purpose: on this model, 1e-4 and above lowered held-out greedy
+accuracy within 20 iterations while the sampled reward stayed flat (see the README's training
+section for the sweep); 5e-5 after a 20-iteration warmup raises both slowly.
 """
+
+import ml_collections
 
 from configs import base
 
 
 def get_config():
     config = base.get_config()
+    # 4,000 distinct problems with "+-"; the held-out split shares none with the training split.
+    config.task.knobs = ml_collections.ConfigDict(dict(num_operands=3, digits=1, operators="+-", train_size=3000,
+                                                       test_size=500))
+    config.sft.steps = 250
     config.rl.update(
-        algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=40, prompts_per_step=32,
-        group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=3e-4, beta=0.0,
+        algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=250, prompts_per_step=32,
+        group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=5e-5, warmup_steps=20, beta=0.0,
         agg="seq-mean-token-mean", clip_eps=0.2,
     )
+    config.eval.update(every=25, num_examples=500, batch_size=250)
     return config

@@ -26,13 +26,17 @@ def main(argv):
     import jax
 
     from rljax import sharding
+    from configs import base
     from rljax.train import experiment, faults
+    from rljax.train.config_check import ConfigError
 
     sharding.initialize_distributed()
     cache_dir = os.environ.get("RLJAX_COMPILE_CACHE", os.path.expanduser("~/.cache/rljax/jax"))
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     try:
-        results = experiment.run(_CONFIG.value, _WORKDIR.value)
+        results = experiment.run(_CONFIG.value, _WORKDIR.value, defaults=base.get_config())
+    except ConfigError as error:  # one line per problem, no traceback
+        sys.exit(str(error))
     except faults.Preempted as preempted:
         print(preempted, file=sys.stderr)
         sys.exit(faults.PREEMPTED_EXIT_CODE)

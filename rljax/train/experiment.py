@@ -27,11 +27,12 @@ from rljax.data.sampler import PromptSampler
 from rljax.data.tasks import load_task
 from rljax.rewards import task_rewards
 from rljax.train.checkpoint import Checkpointer, abstract_like
+from rljax.train.config_check import check_config
 from rljax.train.faults import NonFiniteGuard, Preempted, Preemption
 from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
 from rljax.train import preference
 from rljax.train.optim import make_optimizer
-from rljax.train.rl import RLConfig, RLTrainer, evaluate, validate
+from rljax.train.rl import RLConfig, RLTrainer, evaluate
 from rljax.train.state import TrainState
 from rljax.train.steps import make_sft_step
 
@@ -186,10 +187,13 @@ def run_sft(config, workdir, cfg, params, tokenizer, train_src, key,
     return stage.state.params, {"sft_seconds": time.perf_counter() - t0}
 
 
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, defaults=None) -> dict:
     """Runs the experiment `config` in `workdir` and returns (and writes) its results.
 
-    SIGTERM during the run makes the current stage save a checkpoint and raise `Preempted`."""
+    The config is checked first (`config_check.check_config`; with `defaults`, the config it was
+    derived from, unknown keys and wrong types too). SIGTERM during the run makes the current
+    stage save a checkpoint and raise `Preempted`."""
+    check_config(config, defaults)
     with Preemption() as preemption:
         return _run(config, workdir, preemption)
 
@@ -197,7 +201,6 @@ def run(config, workdir: str) -> dict:
 def _run(config, workdir: str, preemption: Preemption) -> dict:
     os.makedirs(workdir, exist_ok=True)
     rl = rl_config(config)
-    validate(rl)
     t_start = time.perf_counter()
     key = jax.random.PRNGKey(config.seed)
     k_model, k_sft, k_rl = jax.random.split(key, 3)

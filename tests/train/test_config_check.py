@@ -1,0 +1,71 @@
+"""Config validation happens before anything is built, and names the key and the fix."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import base
+from rljax.train import experiment
+from rljax.train.config_check import ConfigError, check_config
+from tests.test_configs import CONFIGS, ROOT, load_config
+
+
+@pytest.mark.parametrize("path", CONFIGS + [os.path.join(ROOT, "configs", "grpo_gsm8k_smollm2.py")],
+                         ids=lambda p: os.path.basename(p)[:-3])
+def test_every_shipped_config_passes(path):
+    check_config(load_config(path), base.get_config())
+
+
+def _config(**changes):
+    """The main job's config as a plain dict (what a notebook might pass: ConfigDict itself
+    refuses some wrong types on assignment), with `section__key=value` changes."""
+    config = load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py")).to_dict()
+    for dotted, value in changes.items():
+        *sections, key = dotted.split("__")
+        target = config
+        for name in sections:
+            target = target[name]
+        target[key] = value
+    return config
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"rl__learning_rat": 1e-3}, r"rl\.learning_rat: unknown key"),
+    ({"evall": {}}, r"evall: unknown key"),
+    ({"rl__steps": "10"}, r"rl\.steps='10' is a str, expected a int"),
+    ({"rl__learning_rate": True}, r"rl\.learning_rate=True is a bool, expected a float"),
+    ({"sft": 3}, r"sft=3: expected a section"),
+    ({"rl__group_size": 1}, r"rl\.group_size=1: .*group_size >= 2"),
+    ({"rl__minibatches": 3}, r"divisible by rl\.minibatches \* rl\.micro_batches = 3"),
+    ({"sft__micro_batches": 5}, r"sft\.batch_size=64 is not divisible by sft\.micro_batches=5"),
+    ({"data__max_prompt_tokens": 60}, r"exceeds the model's context model\.overrides\.max_seq_len=64"),
+])
+def test_bad_settings_are_named_with_the_fix(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(_config(**changes), base.get_config())
+
+
+def test_integers_are_accepted_for_floats_and_every_problem_is_listed():
+    check_config(_config(rl__learning_rate=1), base.get_config())
+    with pytest.raises(ConfigError) as error:
+        check_config(_config(rl__stepz=1, eval__everyy=2), base.get_config())
+    assert "rl.stepz" in str(error.value) and "eval.everyy" in str(error.value)
+
+
+def test_run_checks_before_building_anything(tmp_path):
+    with pytest.raises(ConfigError, match="rl.group_size"):
+        experiment.run(ml_collections.ConfigDict(_config(rl__group_size=1)), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()  # nothing written, nothing built
+
+
+def test_cli_prints_one_line_per_problem_and_no_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "train.py"),
+         f"--config={os.path.join(ROOT, 'configs', 'grpo_arithmetic.py')}", f"--workdir={tmp_path}",
+         "--config.rl.group_size=1"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 1
+    assert "rl.group_size=1" in proc.stderr and "Traceback" not in proc.stderr
