@@ -27,6 +27,6 @@ def get_config():
         policy=dict(loss="dpo", steps=300, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,
                     micro_batches=1, hparams=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)),
         reward_model=dict(steps=0, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,
-                          micro_batches=1, eval_every=50, use_in_rl=False, hparams=dict(margin=0.0, center_coef=0.0)),
+                          micro_batches=1, eval_every=50, use_in_rl=False, hparams=dict(margin=0.0, center_coef=0.0, sft_coef=0.0)),
     ))
     return config

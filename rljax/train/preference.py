@@ -250,7 +250,7 @@ def run_stages(config, workdir: str, cfg: ModelConfig, params, tokenizer, train_
         results["preference_curves"] = _curves(stage_dir, f"{config.task.name}: {loss}")
 
     if (r := pref.reward_model).steps > 0:
-        rm_cfg, rm_params = rm.init_reward_model(cfg, params, k_rm)
+        rm_cfg, rm_params = rm.init_reward_model(cfg, params, k_rm, lm_head=bool(r.hparams.get("sft_coef")))
         optimizer = make_optimizer(r.learning_rate, total_steps=r.steps, warmup_steps=r.warmup_steps,
                                    decay="cosine", weight_decay=r.weight_decay)
         step = jax.jit(rm.make_reward_model_step(rm_cfg, optimizer, r.micro_batches, **dict(r.hparams)),

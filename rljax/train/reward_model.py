@@ -10,6 +10,11 @@ so training minimises `losses.bradley_terry_loss(r_w, r_l)` = mean −log σ(r_w
 (+ optional reward centring), and the held-out check is the pairwise accuracy
 mean 1[r(x, y_w) > r(x, y_l)]. Pairs are the [B, 2, T] batches of
 `rljax.train.preference.encode_pairs`.
+
+With `sft_coef` = α > 0 the reward model keeps its LM head and adds the chosen responses'
+negative log-likelihood, α·mean_t −log π(y_w,t | x, y_w,<t), to the loss: the hidden-state
+regulariser of Yang et al. 2024 ("Regularizing hidden states enables learning generalizable
+reward model for LLMs", GRM), which keeps the trunk a language model of the preferred answers.
 """
 
 from __future__ import annotations
@@ -25,14 +30,14 @@ import optax
 from rljax import losses, models
 from rljax.models.config import ModelConfig
 from rljax.train.state import TrainState
-from rljax.train.steps import Batch, Step, _update, accumulate_gradients
+from rljax.train.steps import Batch, Step, _update, accumulate_gradients, head_logprobs
 
 
-def init_reward_model(cfg: ModelConfig, params, key: jax.Array) -> tuple[ModelConfig, dict]:
-    """A reward model on the policy's trunk: `cfg` with a value head and no LM head, its trunk
-    weights copied from `params` (e.g. the SFT policy, as in Ouyang et al. 2022) and a freshly
-    initialised value head."""
-    rm_cfg = dataclasses.replace(cfg, value_head=True, lm_head=False)
+def init_reward_model(cfg: ModelConfig, params, key: jax.Array, lm_head: bool = False) -> tuple[ModelConfig, dict]:
+    """A reward model on the policy's trunk: `cfg` with a value head (and the LM head only with
+    `lm_head`, for `sft_coef`), its other weights copied from `params` (e.g. the SFT policy, as in
+    Ouyang et al. 2022) and a freshly initialised value head."""
+    rm_cfg = dataclasses.replace(cfg, value_head=True, lm_head=lm_head)
     fresh = models.init(rm_cfg, key)
     rm_params = {k: jax.tree.map(jnp.copy, params[k]) if k in params and k != "value_head" else v
                  for k, v in fresh.items()}
@@ -46,20 +51,32 @@ def pair_rewards(cfg: ModelConfig, params, tokens: jax.Array, attention_mask: ja
 
 
 def make_reward_model_step(cfg: ModelConfig, optimizer: optax.GradientTransformation, micro_batches: int = 1,
-                           margin: float = 0.0, center_coef: float = 0.0) -> Step:
-    """A Bradley-Terry step on pairs (batch: tokens, attention_mask [B, 2, T]; axis 1 chosen,
-    rejected), with exact gradient accumulation over `micro_batches` slices along B.
-    Metrics: loss, grad_norm and `bradley_terry_loss`'s reward metrics (reward_accuracy: the
-    training pairwise accuracy)."""
+                           margin: float = 0.0, center_coef: float = 0.0, sft_coef: float = 0.0) -> Step:
+    """A Bradley-Terry step on pairs (batch: tokens, attention_mask, and with `sft_coef`
+    loss_mask, [B, 2, T]; axis 1 chosen, rejected), with exact gradient accumulation over
+    `micro_batches` slices along B. Metrics: loss, grad_norm, `bradley_terry_loss`'s reward
+    metrics (reward_accuracy: the training pairwise accuracy) and, with `sft_coef`, sft_nll."""
+    if sft_coef and not cfg.lm_head:
+        raise ValueError("sft_coef needs a reward model with its LM head (init_reward_model(..., lm_head=True))")
 
     def step(state: TrainState, batch: Batch, key: jax.Array):
         del key  # deterministic
         total = batch["tokens"].shape[0]
+        counts = losses.global_counts(batch["loss_mask"][:, 0]) if sft_coef else {}
 
         def loss_fn(params, mb):
-            r = pair_rewards(cfg, params, mb["tokens"], mb["attention_mask"])
+            B, _, T = mb["tokens"].shape
+            tokens, attention = mb["tokens"].reshape(-1, T), mb["attention_mask"].reshape(-1, T)
+            out = models.forward(cfg, params, tokens, mask=attention)
+            r = models.last_token_values(out.values, attention).reshape(B, 2)
             value, metrics = losses.bradley_terry_loss(r[:, 0], r[:, 1], margin=margin, center_coef=center_coef)
-            return value * (mb["tokens"].shape[0] / total), metrics
+            value = value * (B / total)
+            if sft_coef:  # the chosen rows' NLL, normalised by the whole batch's token count
+                chosen = mb["loss_mask"][:, 0]
+                logp = head_logprobs(cfg, params, out.hidden.reshape(B, 2, T, -1)[:, 0], mb["tokens"][:, 0], chosen)
+                nll, _ = losses.sft_loss(logp, chosen, **counts)
+                value, metrics = value + sft_coef * nll, {**metrics, "sft_nll": nll * total / B}
+            return value, metrics
 
         value, metrics, grads = accumulate_gradients(loss_fn, state.params, batch, micro_batches)
         return _update(state, optimizer, value, metrics, grads)

@@ -24,7 +24,9 @@ def _write(tmp_path, rows, name="prefs.jsonl"):
 
 
 def test_the_three_jsonl_forms(tmp_path):
-    messages = lambda answer: [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": answer}]  # noqa: E731
+    def messages(answer):
+        return [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": answer}]
+
     path = _write(tmp_path, [
         {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5", "answer": 4},
         {"id": "uf-1", "prompt": "2+2?", "chosen": messages("4"), "rejected": messages("5")},

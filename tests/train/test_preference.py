@@ -39,12 +39,12 @@ def _batch(loss, seed=0):
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-def np_logps(params, tokens, attention, loss_mask, average):
+def np_logps(params, tokens, attention, loss_mask, average, cfg=CFG):
     """Sequence log-probs in float64 from the model's logits: Σ (or mean) over the loss mask of
     log softmax(logits[t-1])[tokens[t]]."""
     lead = tokens.shape[:-1]
     tokens, attention, loss_mask = (np.asarray(x).reshape(-1, T) for x in (tokens, attention, loss_mask))
-    logits, _ = models.apply(CFG, params, tokens, mask=attention)
+    logits, _ = models.apply(cfg, params, tokens, mask=attention)
     z = np.asarray(logits, np.float64)[:, :-1]
     logp = z - z.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
@@ -166,6 +166,31 @@ def test_reward_model_step_matches_numpy_and_accuracy():
     assert reward_model.pairwise_accuracy(rm_cfg, rm_params, [batch]) == np.mean(r[:, 0] > r[:, 1])
     learned = reward_model.reward_function(rm_cfg, rm_params)(tokens, attention)
     np.testing.assert_allclose(learned, r.reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_reward_model_sft_regulariser_matches_numpy():
+    params = models.init(CFG, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="LM head"):
+        reward_model.make_reward_model_step(reward_model.init_reward_model(CFG, params, jax.random.PRNGKey(2))[0],
+                                            optax.sgd(0.1), sft_coef=0.5)
+    rm_cfg, rm_params = reward_model.init_reward_model(CFG, params, jax.random.PRNGKey(2), lm_head=True)
+    batch = _batch("dpo")
+    tokens, attention = (np.asarray(batch[k]).reshape(-1, T) for k in ("tokens", "attention_mask"))
+    values = np.asarray(models.forward(rm_cfg, rm_params, tokens, mask=attention).values, np.float64)
+    last = T - 1 - np.argmax(attention[:, ::-1], axis=1)
+    r = values[np.arange(len(last)), last].reshape(B, 2)
+    chosen = [np.asarray(batch[k])[:, 0] for k in ("tokens", "attention_mask", "loss_mask")]
+    nll = -np_logps(rm_params, *chosen, average=False, cfg=rm_cfg).sum() / chosen[2][:, 1:].sum()  # token-mean
+    expected = np.mean(-log_sigmoid(r[:, 0] - r[:, 1])) + 0.5 * nll
+    optimizer = optax.sgd(0.05)
+    state = TrainState.create(rm_params, optimizer, jax.random.PRNGKey(0))
+    one = jax.jit(reward_model.make_reward_model_step(rm_cfg, optimizer, sft_coef=0.5))
+    two = jax.jit(reward_model.make_reward_model_step(rm_cfg, optimizer, micro_batches=2, sft_coef=0.5))
+    (s1, m1), (s2, m2) = one(state, batch, None), two(state, batch, None)
+    np.testing.assert_allclose(float(m1["loss"]), expected, rtol=2e-5)
+    np.testing.assert_allclose(float(m1["sft_nll"]), nll, rtol=2e-5)
+    np.testing.assert_allclose(float(m2["loss"]), expected, rtol=2e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s1.params, s2.params)
 
 
 class CharTokenizer:
