@@ -69,3 +69,18 @@ def test_cli_prints_one_line_per_problem_and_no_traceback(tmp_path):
         capture_output=True, text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 1
     assert "rl.group_size=1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_caught_at_start(monkeypatch):
+    from rljax import models
+
+    config = load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py"))
+    config.model.source, config.model.path = "hf", "/some/checkpoint"
+    small = models.get_config("tiny", vocab_size=100)
+    monkeypatch.setattr(models, "load_hf", lambda path, **overrides: (small, None))
+
+    class Tokenizer:
+        vocab_size = 300
+
+    with pytest.raises(ValueError, match="tokenizer has 300 ids but the model only 100"):
+        experiment.build_model(config, Tokenizer(), None)
