@@ -21,7 +21,7 @@ def get_config():
                                                        test_size=500))
     config.sft.steps = 250
     config.rl.update(
-        algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=250, prompts_per_step=32,
+        algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=200, prompts_per_step=32,
         group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=5e-5, warmup_steps=20, beta=0.0,
         agg="seq-mean-token-mean", clip_eps=0.2,
     )
