@@ -193,7 +193,9 @@ class RLTrainer:
                 learned = self.reward_model(seqs["tokens"], seqs["attention_mask"])
                 metrics_r = {**metrics_r, "reward/true": float(np.mean(rewards)),
                              "reward/learned": float(np.mean(learned))}
-                rewards = learned
+                # A Bradley-Terry reward is identified only up to a constant per prompt: remove it
+                # (each group's mean), so the advantages compare the answers to one prompt.
+                rewards = learned - (learned.reshape(B, G).mean(1).repeat(G) if G > 1 else 0.0)
             for i in range(B):
                 group = {k: v[i * G:(i + 1) * G] for k, v in seqs.items()}
                 group["rewards"] = rewards[i * G:(i + 1) * G]

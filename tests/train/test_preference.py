@@ -230,5 +230,5 @@ def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     rl = [r for r in rows if "reward_mean" in r]
     assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/correct"} <= set(rl[0])
-    assert rl[0]["reward_mean"] == pytest.approx(rl[0]["reward/learned"])  # the policy sees the learned reward
+    assert abs(rl[0]["reward_mean"]) < 1e-5  # the policy sees the learned reward, centred in each group
     assert rl[0]["reward/true"] == pytest.approx(rl[0]["reward/correct"])
