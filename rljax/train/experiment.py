@@ -9,6 +9,7 @@ Outputs in workdir: metrics.jsonl, tensorboard/, curves.png, results.json.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -225,7 +226,7 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
         params, trainer.reward_model, preference_info = preference.run_stages(
             config, workdir, cfg, params, tokenizer, train_src, prompt_fn, evaluate_now,
-            jax.random.fold_in(key, 3), _Stage)
+            jax.random.fold_in(key, 3), functools.partial(_Stage, preemption=preemption))
         results.update(preference_info)
     before = evaluate_now(params)
     results["accuracy_before_rl"] = before["eval/accuracy"]
