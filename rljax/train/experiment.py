@@ -106,13 +106,15 @@ class _Stage:
     """Checkpointing and logging shared by the SFT and RL stages.
 
     Iteration `it` is logged at x = log_offset + it on the run's shared step axis, so the SFT
-    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard. With a
-    `preemption` flag, an iteration that ends after SIGTERM saves a checkpoint and raises
-    `Preempted`.
+    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard. A stage that logs
+    rows of its own before iteration 0 (the RL stage's evaluation of its starting policy) puts
+    them at x >= `first_logged`, so that a stage restarted from scratch drops them with the rest
+    of its rows instead of logging them twice. With a `preemption` flag, an iteration that ends
+    after SIGTERM saves a checkpoint and raises `Preempted`.
     """
 
     def __init__(self, name: str, config, workdir: str, total: int, state: TrainState, sampler: PromptSampler,
-                 log_offset: int, preemption: Preemption | None = None):
+                 log_offset: int, preemption: Preemption | None = None, first_logged: int | None = None):
         self.name, self.total, self.log_offset, self.preemption = name, total, log_offset, preemption
         self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), save_every=config.checkpoint.every,
                                  keep=config.checkpoint.keep)
@@ -123,7 +125,8 @@ class _Stage:
             sampler.position = meta["data_position"]
         self.logger = None
         if self.start < total:
-            self.logger = MetricsLogger(workdir, total_steps=total, start_step=log_offset + self.start,
+            start_step = log_offset + self.start if self.start or first_logged is None else first_logged
+            self.logger = MetricsLogger(workdir, total_steps=total, start_step=start_step,
                                         done_steps=self.start, tensorboard=config.log.tensorboard,
                                         progress=config.log.progress, description=name)
 
@@ -238,7 +241,7 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     # the evaluation of the starting policy.
     state_key, k_rl = jax.random.split(k_rl)
     stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key), sampler,
-                   config.sft.steps + 1, preemption)
+                   config.sft.steps + 1, preemption, first_logged=config.sft.steps)
     if stage.start == 0 and stage.logger is not None:
         stage.logger.log(config.sft.steps, before, advance=False)
     t_rl = time.perf_counter()

@@ -111,16 +111,23 @@ def differences(reference: Path, other: Path) -> list[str]:
     return problems
 
 
+# Rows of metrics.jsonl in a finished run: SFT steps, the evaluation before RL, RL iterations.
+TOTAL_ROWS = SFT_STEPS + 1 + RL_STEPS
+# The row count at which the RL stage has logged its first row (the evaluation of the SFT
+# policy) but has no checkpoint yet.
+RL_STAGE_STARTED = SFT_STEPS + 1
+
+
 def interrupt_and_resume(reference: Path, workdir: Path, signals=(signal.SIGTERM, signal.SIGKILL),
-                         seed: int | None = None) -> dict:
-    """Sends each of `signals`, in order, to a run of `workdir` at a random logged step (each
-    later than the one before; every signal hits a fresh start of the run), resumes it to the
-    end, and compares it with the finished `reference`.
+                         seed: int | None = None, at: tuple[int, ...] | None = None) -> dict:
+    """Sends each of `signals`, in order, to a run of `workdir` once its metrics.jsonl has the
+    row counts `at` (default: random, each later than the one before; every signal hits a fresh
+    start of the run), resumes it to the end, and compares it with the finished `reference`.
 
     Returns {"kills": [(signal, after_rows, exit_code)], "differences": [...], "stderr": ...}."""
-    rng = random.Random(seed)
-    total_rows = SFT_STEPS + 1 + RL_STEPS  # SFT steps, the evaluation before RL, RL iterations
-    points = sorted(rng.sample(range(1, total_rows), len(signals)))
+    points = at if at is not None else sorted(random.Random(seed).sample(range(1, TOTAL_ROWS), len(signals)))
+    if len(points) != len(signals):
+        raise ValueError(f"{len(signals)} signals but {len(points)} kill points")
     kills, stderr = [], ""
     for sig, after in zip(signals, points):
         killed = run_and_signal(workdir, sig, after)

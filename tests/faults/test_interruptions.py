@@ -1,6 +1,7 @@
 """A run preempted with SIGTERM and later killed with SIGKILL, each at a random step, then
 resumed with the same workdir, ends exactly like an uninterrupted run (parameters, optimiser
-state and every logged metric but wall-clock times)."""
+state and every logged metric but wall-clock times). A kill between two stages, the window a
+random kill hits only sometimes, has a test of its own."""
 
 import signal
 
@@ -17,4 +18,14 @@ def test_sigterm_then_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert term_code == 143, result["stderr"]
     assert "preempted" in result["stderr"] and "--workdir" in result["stderr"]
     assert kill_code == -signal.SIGKILL
+    assert result["differences"] == [], (result["kills"], result["differences"])
+
+
+def test_sigkill_before_the_first_rl_checkpoint_logs_nothing_twice(tmp_path):
+    # The RL stage logs the SFT policy's evaluation before its first iteration: a run killed
+    # before the first RL checkpoint restarts the stage, and must replace that row, not repeat it.
+    harness.run(tmp_path / "reference")
+    result = harness.interrupt_and_resume(tmp_path / "reference", tmp_path / "interrupted",
+                                          signals=(signal.SIGKILL,), at=(harness.RL_STAGE_STARTED,))
+    assert result["kills"] == [("SIGKILL", harness.RL_STAGE_STARTED, -signal.SIGKILL)], result["stderr"]
     assert result["differences"] == [], (result["kills"], result["differences"])
