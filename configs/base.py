@@ -39,4 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     # A step with a non-finite loss or gradient is skipped; this many in a row stop the run.
     config.faults = ml_collections.ConfigDict(dict(max_consecutive_nonfinite=5))
     config.log = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
+    # Devices (rljax.sharding.make_mesh): batches split over data x fsdp, params sharded over fsdp
+    # and tensor. All 1 is one device; any other mesh must use every device (one axis may be -1:
+    # the devices the others leave), on every host.
+    config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     return config

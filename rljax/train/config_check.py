@@ -8,7 +8,10 @@ problem is one line that names the key and the fix, and all of them are reported
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+
+import jax
 
 # Sections whose contents are keyword arguments checked by what receives them (the model preset's
 # fields, the task builder's knobs), or that only some configs have.
@@ -63,6 +66,58 @@ def _compare(config: Mapping, defaults: Mapping, prefix: str, problems: list[str
             problems.append(problem)
 
 
+def _data_parallel(mesh: Mapping, problems: list[str]) -> int | None:
+    """data x fsdp of the `mesh` section, a -1 resolved against `jax.device_count()`, after adding
+    what is wrong with its sizes to `problems`; None when they give no such number. All sizes 1
+    is one device (`experiment.build_mesh`), so only other meshes must cover the devices."""
+    sizes = {axis: mesh.get(axis, 1) for axis in ("data", "fsdp", "tensor")}
+    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
+    problems += [f"mesh.{axis}={sizes[axis]}: a mesh axis is a number of devices >= 1, or -1 for the "
+                 "devices the other axes leave" for axis in bad]
+    inferred = [axis for axis, size in sizes.items() if size == -1]
+    if len(inferred) > 1:
+        problems.append(f"{' and '.join('mesh.' + a for a in inferred)} are all -1: at most one axis may "
+                        "take the remaining devices; give the others sizes")
+    if bad or len(inferred) > 1:
+        return None
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if inferred:
+        devices = jax.device_count()
+        if devices % known:
+            problems.append(f"mesh.{inferred[0]}=-1: the {devices} devices are not divisible by the product "
+                            f"{known} of the other axes; change those")
+            return None
+        sizes[inferred[0]] = devices // known
+    elif known > 1 and known != (devices := jax.device_count()):
+        problems.append(f"mesh.data * mesh.fsdp * mesh.tensor = {known}, but jax.device_count() = {devices}: "
+                        "make the product the device count, set one axis to -1 (the remaining devices), "
+                        "or all to 1 (one device)")
+    return sizes["data"] * sizes["fsdp"]
+
+
+def _batch_split(config: dict, data_parallel: int) -> list[str]:
+    """Every batch a step or the evaluation splits over the data-parallel devices must divide
+    evenly (`rljax.train.sharded`): otherwise part of it is replicated, and a micro-batch whose
+    rows do not split is resharded inside the step."""
+    rl, sft = config.get("rl", {}), config.get("sft", {})
+    split = f"mesh.data * mesh.fsdp = {data_parallel}"
+    micro_batches = []  # (what, rows, parts): each step's micro-batches have rows / parts rows
+    if rl.get("steps", 0) > 0:
+        micro_batches.append(("rl.prompts_per_step * rl.group_size / (rl.minibatches * rl.micro_batches)",
+                              rl.get("prompts_per_step", 1) * rl.get("group_size", 1),
+                              rl.get("minibatches", 1) * rl.get("micro_batches", 1)))
+    if sft.get("steps", 0) > 0:
+        micro_batches.append(("sft.batch_size / sft.micro_batches", sft.get("batch_size", 1),
+                              sft.get("micro_batches", 1)))
+    problems = [f"{what} = {rows // parts} rows per micro-batch are not divisible by {split}: change the "
+                "batch or the mesh" for what, rows, parts in micro_batches
+                if parts > 0 and rows % parts == 0 and (rows // parts) % data_parallel]
+    eval_batch = config.get("eval", {}).get("batch_size", 1)
+    if eval_batch % data_parallel:
+        problems.append(f"eval.batch_size={eval_batch} is not divisible by {split}: change one of them")
+    return problems
+
+
 def _consistency(config: dict) -> list[str]:
     import dataclasses
 
@@ -90,6 +145,9 @@ def _consistency(config: dict) -> list[str]:
     for key, section in (("rl.steps", rl), ("sft.steps", sft)):
         if section.get("steps", 0) < 0:
             problems.append(f"{key}={section['steps']}: must be >= 0")
+    data_parallel = _data_parallel(config.get("mesh", {}), problems)
+    if data_parallel is not None and data_parallel > 1:
+        problems += _batch_split(config, data_parallel)
     return problems
 
 

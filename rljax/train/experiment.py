@@ -2,7 +2,9 @@
 
 `run(config, workdir)` is what `experiments/train.py` calls. Each stage checkpoints into
 `workdir/checkpoints/<stage>` and resumes from there, so rerunning with the same workdir
-continues where a run stopped; finished stages are not repeated.
+continues where a run stopped; finished stages are not repeated. The run's devices are
+config.mesh (`build_mesh`): on more than one, the params are sharded and the SFT and RL steps,
+generation and the log-prob passes are SPMD programs over the mesh (`rljax.train.sharded`).
 Outputs in workdir: metrics.jsonl, tensorboard/, curves.png, results.json.
 """
 
@@ -18,8 +20,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from rljax import models
+from rljax import models, sharding
 from rljax.data import tokenizers
 from rljax.data.batching import pad_sft
 from rljax.data.corpus import tokenizer_corpus
@@ -34,6 +37,7 @@ from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_pytho
 from rljax.train import preference
 from rljax.train.optim import make_optimizer
 from rljax.train.rl import RLConfig, RLTrainer, evaluate
+from rljax.train.sharded import MeshStep
 from rljax.train.state import TrainState
 from rljax.train.steps import make_sft_step
 
@@ -59,6 +63,14 @@ def build_tokenizer(config, workdir: str):
         texts = tokenizer_corpus(config.task.name, "train", data_dir=config.task.data_dir, **config.task.knobs)
         tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size)
     return tokenizers.SentencePieceTokenizer(prefix + ".model")
+
+
+def build_mesh(config) -> Mesh:
+    """The run's devices, from config.mesh (`sharding.make_mesh`'s data, fsdp, tensor). All sizes 1,
+    the default, is this process's first device alone, whatever the host has: the one-device run
+    of before meshes. Any other mesh spans every device of every process."""
+    sizes = dict(config.mesh)
+    return sharding.make_mesh(**sizes, devices=jax.local_devices()[:1] if set(sizes.values()) == {1} else None)
 
 
 def build_model(config, tokenizer, key):
@@ -148,18 +160,18 @@ class _Stage:
             self.logger.close()
 
 
-def run_sft(config, workdir, cfg, params, tokenizer, train_src, key,
+def run_sft(config, workdir, cfg, params, tokenizer, train_src, key, mesh: Mesh,
             preemption: Preemption | None = None) -> tuple[Any, dict]:
-    """Supervised warm start on (prompt, answer + EOS) pairs of the training split."""
+    """Supervised warm start on (prompt, answer + EOS) pairs of the training split, on `mesh`."""
     sft = config.sft
     optimizer = make_optimizer(sft.learning_rate, total_steps=sft.steps, warmup_steps=sft.warmup_steps,
                                decay="cosine", weight_decay=sft.weight_decay)
-    step = jax.jit(make_sft_step(cfg, optimizer, sft.micro_batches), donate_argnums=0)
+    step = MeshStep(make_sft_step(cfg, optimizer, sft.micro_batches), mesh, models.param_axes(cfg))
     sampler = PromptSampler(train_src, seed=config.seed)
     # The state's own key is split off: the step donates the state, and with it that key's buffer.
     state_key, key = jax.random.split(key)
-    stage = _Stage("sft", config, workdir, sft.steps, TrainState.create(params, optimizer, state_key), sampler, 0,
-                   preemption)
+    state = step.place_state(TrainState.create(params, optimizer, state_key))
+    stage = _Stage("sft", config, workdir, sft.steps, state, sampler, 0, preemption)
     guard = NonFiniteGuard(config.faults.max_consecutive_nonfinite)
     length = config.data.max_prompt_tokens + config.data.max_answer_tokens
     t0 = time.perf_counter()
@@ -216,15 +228,18 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     eval_examples = [eval_src[i] for i in range(min(config.eval.num_examples, len(eval_src)))]
     reward_fns, reward_weights = task_rewards(task.name, task.answer_format)
     cfg, params = build_model(config, tokenizer, k_model)
+    mesh = build_mesh(config)
+    if mesh.size > 1:  # every process built the same params from the same seed or file
+        params = sharding.shard_params(cfg, params, mesh)
     prompt_fn = prompt_function(config, tokenizer)
     results: dict[str, Any] = {"config": _plain(config), "model_params": models.count_params(params)}
 
     if config.sft.steps > 0:
-        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft, preemption)
+        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft, mesh, preemption)
         results.update(sft_info)
 
     trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens,
-                        guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite))
+                        guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite), mesh=mesh)
     evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
     if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
         params, trainer.reward_model, preference_info = preference.run_stages(

@@ -21,8 +21,9 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from rljax import generate, losses, models
+from rljax import generate, losses, models, sharding
 from rljax.data.batching import pad_left
 from rljax.data.sampler import PromptSampler
 from rljax.models.config import ModelConfig
@@ -32,6 +33,7 @@ from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
 from rljax.train.faults import NonFiniteGuard
 from rljax.train.objectives import make_objective
 from rljax.train.optim import make_optimizer
+from rljax.train.sharded import MeshStep, on_mesh, place_rows
 from rljax.train.state import TrainState
 
 
@@ -123,13 +125,19 @@ class RLTrainer:
     reward_model: a learned reward, (tokens [B, T], attention_mask [B, T]) -> [B] (e.g.
       `rljax.train.reward_model.reward_function`): when set, the policy is trained on it, and the
       reward functions' score is only logged (reward/true; reward/learned is the model's).
+    mesh: the devices to run on (`rljax.sharding.make_mesh`; default: this process's first device).
+      On more than one device the params passed in must already be sharded
+      (`sharding.shard_params`); the policy step is `shard_train_step`'s, and generation and the
+      log-prob and value passes run under `sharding.use_mesh` on batches split over data x fsdp.
     """
 
     def __init__(self, rl: RLConfig, cfg: ModelConfig, tokenizer, reward_fns: Mapping[str, Callable],
                  reward_weights: Mapping[str, float], prompt_len: int,
                  critic_cfg: ModelConfig | None = None, reward_timeout_s: float = 5.0,
-                 reward_model: Callable | None = None, guard: NonFiniteGuard | None = None):
+                 reward_model: Callable | None = None, guard: NonFiniteGuard | None = None,
+                 mesh: Mesh | None = None):
         validate(rl)
+        self.mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.local_devices()[:1])
         self.rl, self.cfg, self.tokenizer, self.critic_cfg = rl, cfg, tokenizer, critic_cfg
         self.reward_model = reward_model
         self.guard = guard if guard is not None else NonFiniteGuard()
@@ -142,16 +150,20 @@ class RLTrainer:
                                         weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
         step = make_policy_step(cfg, self.optimizer, make_rl_objective(rl), rl.micro_batches, critic_cfg,
                                 with_entropy=True)
-        self._step = jax.jit(step, donate_argnums=0)
-        self._logp = jax.jit(sequence_logprobs, static_argnums=0)
-        self._values = jax.jit(lambda c, p, t, m: state_values(models.forward(c, p, t, mask=m).values),
-                               static_argnums=0)
+        param_axes = models.param_axes(cfg)
+        if critic_cfg is not None:
+            param_axes = {"policy": param_axes, "critic": models.param_axes(critic_cfg)}
+        self._step = MeshStep(step, self.mesh, param_axes)
+        on_devices = on_mesh(self.mesh)  # traced and run under the mesh, like generation and the step
+        self._logp = on_devices(jax.jit(sequence_logprobs, static_argnums=0))
+        self._values = on_devices(jax.jit(lambda c, p, t, m: state_values(models.forward(c, p, t, mask=m).values),
+                                          static_argnums=0))
 
     # -- state --------------------------------------------------------------------------------
     def init_state(self, params, key, critic_params=None) -> TrainState:
         if self.critic_cfg is not None:
             params = {"policy": params, "critic": critic_params}
-        return TrainState.create(params, self.optimizer, key)
+        return self._step.place_state(TrainState.create(params, self.optimizer, key))
 
     def policy_params(self, state: TrainState):
         return state.params["policy"] if self.critic_cfg is not None else state.params
@@ -165,12 +177,13 @@ class RLTrainer:
         return pad_left(ids, pad_id=self.tokenizer.pad_id, length=self.prompt_len)
 
     def sample(self, params, prompts: Sequence[str], key, num_samples: int, temperature: float):
-        tokens, mask = self.encode_prompts(prompts)
-        gen = generate.generate(self.cfg, params, tokens, mask, key, max_new_tokens=self.rl.max_new_tokens,
-                                temperature=temperature, top_p=self.rl.top_p if temperature else 1.0,
-                                eos_ids=self.tokenizer.eos_ids, num_samples=num_samples,
-                                pad_id=self.tokenizer.pad_id)
-        return jnp.asarray(tokens), jnp.asarray(mask), gen
+        tokens, mask = (place_rows(x, self.mesh) for x in self.encode_prompts(prompts))
+        with on_mesh(self.mesh):
+            gen = generate.generate(self.cfg, params, tokens, mask, key, max_new_tokens=self.rl.max_new_tokens,
+                                    temperature=temperature, top_p=self.rl.top_p if temperature else 1.0,
+                                    eos_ids=self.tokenizer.eos_ids, num_samples=num_samples,
+                                    pad_id=self.tokenizer.pad_id)
+        return tokens, mask, gen
 
     def score(self, gen, examples, num_samples):
         completions = rollout.decode_completions(self.tokenizer, gen.tokens, gen.mask)
@@ -223,8 +236,8 @@ class RLTrainer:
         """Steps 4-5: old/ref log-probs, values, advantages. Returns the train batch and metrics."""
         rl, cfg = self.rl, self.cfg
         params = self.policy_params(state)
-        tokens, attn, loss_mask = (jnp.asarray(batch[k]) for k in ("tokens", "attention_mask", "loss_mask"))
-        sampler_logp = jnp.asarray(batch["sampler_logp"])
+        tokens, attn, loss_mask, sampler_logp = (place_rows(batch[k], self.mesh) for k in
+                                                 ("tokens", "attention_mask", "loss_mask", "sampler_logp"))
         trainer_logp = self._logp(cfg, params, tokens, attn)
         metrics = {
             # KL(π_sampler ‖ π_trainer) on the sampled tokens (k3 estimate) and the largest gap.

@@ -25,6 +25,10 @@ Notebook use:
     state = sharded.place_state(state)
     state, metrics = sharded(state, sharded.place_batch(batch), key)
 
+The training loops (`rljax.train.experiment`, `rljax.train.rl`) call a `MeshStep`: the plain
+jitted step on one device, this sharded one on more, behind one signature; `place_rows` and
+`on_mesh` place their host batches and trace their model functions on the same mesh.
+
 Several processes (`rljax.sharding.initialize_distributed`): every process runs the same calls
 with the same global (not per-process) host values; `place_*` copies to each process's devices
 only the shards they hold.
@@ -32,10 +36,12 @@ only the shards they hold.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -143,3 +149,54 @@ def shard_train_step(step: Step, mesh: Mesh, state: TrainState, batch: Batch, pa
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, replicated),
                      out_shardings=(state_sh, replicated), donate_argnums=0)
     return ShardedStep(mesh, rules, state_sh, batch_sh, jitted)
+
+
+class MeshStep:
+    """A pure train step jitted with its state donated, over `mesh`: what the training loops call,
+    whatever the mesh.
+
+    On a one-device mesh it is `jax.jit(step, donate_argnums=0)` and `place_state` returns its
+    argument, so a one-device run compiles and computes exactly what it did before meshes. On
+    more devices `place_state` puts the state on `state_shardings` and the first call compiles
+    `shard_train_step` from the shapes of that call's state and batch (a loop knows its batch's
+    shapes only once it has built one); every call places the batch (`ShardedStep.place_batch`),
+    so host and device arrays are both accepted.
+    """
+
+    def __init__(self, step: Step, mesh: Mesh, param_axes: Any, rules: Rules = RULES):
+        self.step, self.mesh, self.param_axes, self.rules = step, mesh, param_axes, rules
+        self._plain = jax.jit(step, donate_argnums=0) if mesh.size == 1 else None
+        self._sharded: ShardedStep | None = None
+
+    def place_state(self, state: TrainState) -> TrainState:
+        if self._plain is not None:
+            return state
+        return place(state, state_shardings(state, self.mesh, self.param_axes, self.rules))
+
+    def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
+        if self._plain is not None:
+            return self._plain(state, batch, key)
+        if self._sharded is None:
+            self._sharded = shard_train_step(self.step, self.mesh, jax.eval_shape(lambda: state), batch,
+                                             self.param_axes, self.rules)
+        return self._sharded(state, self._sharded.place_batch(batch), key)
+
+
+def place_rows(x: Any, mesh: Mesh, rules: Rules = RULES) -> jax.Array:
+    """A [B, ...] array (host values, the same on every process) on `mesh`, B split over the
+    data-parallel axes that divide it; on a one-device mesh `jnp.asarray(x)`, as before meshes."""
+    if mesh.size == 1:
+        return jnp.asarray(x)
+    return place(x, sharding.batch_sharding(mesh, np.ndim(x), batch_size=np.shape(x)[0], rules=rules))
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh, rules: Rules = RULES):
+    """`sharding.use_mesh(mesh)`, the context in which to trace model functions for `mesh`; on a
+    one-device mesh no context, so those functions compile as they did before meshes. Also a
+    decorator: `on_mesh(mesh)(jax.jit(f))` traces and runs f in the context."""
+    if mesh.size == 1:
+        yield mesh
+    else:
+        with sharding.use_mesh(mesh, rules):
+            yield mesh

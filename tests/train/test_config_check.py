@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import ml_collections
 import pytest
 
@@ -42,10 +43,32 @@ def _config(**changes):
     ({"rl__minibatches": 3}, r"divisible by rl\.minibatches \* rl\.micro_batches = 3"),
     ({"sft__micro_batches": 5}, r"sft\.batch_size=64 is not divisible by sft\.micro_batches=5"),
     ({"data__max_prompt_tokens": 60}, r"exceeds the model's context model\.overrides\.max_seq_len=64"),
+    # Meshes: none of these needs more than one device (a mesh of product 3 fits no device count
+    # the tests run with, and data=2 cannot split a batch of 9 rows whatever the devices).
+    ({"mesh__data": 0}, r"mesh\.data=0: a mesh axis is a number of devices >= 1, or -1"),
+    ({"mesh__tensor": -2}, r"mesh\.tensor=-2: a mesh axis"),
+    ({"mesh__data": -1, "mesh__fsdp": -1}, r"mesh\.data and mesh\.fsdp are all -1: at most one axis"),
+    ({"mesh__data": 3}, r"mesh\.data \* mesh\.fsdp \* mesh\.tensor = 3, but jax\.device_count\(\) = \d+: make"),
+    ({"mesh__data": 2, "rl__prompts_per_step": 3, "rl__group_size": 3},
+     r"rl\.prompts_per_step \* rl\.group_size / \(rl\.minibatches \* rl\.micro_batches\) = 9 rows per "
+     r"micro-batch are not divisible by mesh\.data \* mesh\.fsdp = 2"),
+    ({"mesh__fsdp": 2, "sft__batch_size": 6, "sft__micro_batches": 2},
+     r"sft\.batch_size / sft\.micro_batches = 3 rows per micro-batch are not divisible by mesh\.data \* "
+     r"mesh\.fsdp = 2"),
+    ({"mesh__data": 2, "eval__batch_size": 5}, r"eval\.batch_size=5 is not divisible by mesh\.data \* mesh\.fsdp = 2"),
 ])
 def test_bad_settings_are_named_with_the_fix(changes, message):
     with pytest.raises(ConfigError, match=message):
         check_config(_config(**changes), base.get_config())
+
+
+def test_a_mesh_axis_of_minus_one_takes_the_devices_the_others_leave(monkeypatch):
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    check_config(_config(mesh__data=-1, mesh__tensor=2, eval__batch_size=200), base.get_config())
+    with pytest.raises(ConfigError, match=r"eval\.batch_size=250 is not divisible by mesh\.data \* mesh\.fsdp = 8"):
+        check_config(_config(mesh__data=-1), base.get_config())
+    with pytest.raises(ConfigError, match=r"mesh\.fsdp=-1: the 8 devices are not divisible by the product 3"):
+        check_config(_config(mesh__fsdp=-1, mesh__tensor=3), base.get_config())
 
 
 def test_integers_are_accepted_for_floats_and_every_problem_is_listed():
