@@ -4,7 +4,9 @@
 
 - resume_exact: a tiny SFT + GRPO run of experiments/train.py is sent SIGTERM and then SIGKILL,
   each at a random logged step, resumed with the same --workdir, and compared with an
-  uninterrupted run: 1 when the parameters, optimiser state and every non-timing metric are equal.
+  uninterrupted run; so is one killed between the SFT and RL stages (after the RL stage's first
+  row, before its first checkpoint): 1 when, for both, the parameters, optimiser state and every
+  non-timing metric are equal.
 - sigterm_checkpoint: 1 when the SIGTERM'd run exited with status 143 and said where it saved.
 - multiprocess_equal: 1 when a sharded GRPO step on 2 jax.distributed processes x 4 CPU devices
   equals the step on 1 process x 8 devices (tests/multiprocess/check.py).
@@ -40,11 +42,14 @@ def check_resume() -> dict:
         harness.run(Path(tmp) / "reference")
         result = harness.interrupt_and_resume(Path(tmp) / "reference", Path(tmp) / "interrupted",
                                               signals=(signal.SIGTERM, signal.SIGKILL))
+        between_stages = harness.interrupt_and_resume(Path(tmp) / "reference", Path(tmp) / "between_stages",
+                                                      signals=(signal.SIGKILL,), at=(harness.RL_STAGE_STARTED,))
     (_, _, term_code), _ = result["kills"]
+    runs = (result, between_stages)
     return {
-        "resume_exact": int(result["differences"] == []),
+        "resume_exact": int(all(r["differences"] == [] for r in runs)),
         "sigterm_checkpoint": int(term_code == 143 and "saved its checkpoint" in result["stderr"]),
-        "resume_detail": {"kills": result["kills"], "differences": result["differences"]},
+        "resume_detail": [{"kills": r["kills"], "differences": r["differences"]} for r in runs],
     }
 
 
