@@ -2,10 +2,10 @@
 
 Any config key can be overridden: `--config.rl.steps=10`. Rerunning with the same --workdir
 resumes from its checkpoints; on SIGTERM the run saves a checkpoint and exits with status 143.
-`--config.mesh.data=2 --config.mesh.fsdp=4` runs on a device mesh. When launched as several
-processes, JAX's distributed runtime is initialised from the environment
-(rljax.sharding.initialize_distributed), but the experiment loop itself runs on one process only
-(see the README's training section).
+`--config.mesh.data=2 --config.mesh.fsdp=4` runs on a device mesh. On several processes (hosts),
+launch the same command on each, with a --workdir they share; JAX's distributed runtime is
+initialised from the environment (rljax.sharding.initialize_distributed), and only process 0
+writes metrics and results (see the README's training section).
 """
 
 import json

@@ -27,6 +27,11 @@ Typical use:
     tokens = jax.device_put(tokens, sharding.batch_sharding(mesh, 2))
     with sharding.use_mesh(mesh):                     # the model's activation constraints apply
         logits, _ = models.apply(cfg, params, tokens)
+    host_logits = sharding.to_host(logits)            # whole, on every process
+
+Several processes (one per host, `initialize_distributed`) run the same program: `to_host` gives
+each of them the whole of an array that spans them all, `any_process` a decision they share, and
+`process_0_first` orders the writing of files they read.
 """
 
 from __future__ import annotations
@@ -35,10 +40,12 @@ import contextlib
 import functools
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
 from rljax import models
@@ -46,6 +53,7 @@ from rljax.models.cache import CACHE_AXES, init_cache
 from rljax.models.config import ModelConfig
 
 MESH_AXES = ("data", "fsdp", "tensor")
+T = TypeVar("T")
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
@@ -287,3 +295,50 @@ def initialize_distributed(**kwargs) -> bool:
         kwargs.setdefault("process_id", int(os.environ["JAX_PROCESS_ID"]))
     jax.distributed.initialize(**kwargs)
     return True
+
+
+# -- several processes: what every process runs in step, on values each sees only in part --------
+def to_host(tree):
+    """`tree`'s arrays as NumPy values that every process holds whole: the host copy that decoding,
+    reward scoring and metrics read.
+
+    On one process `jax.device_get`. On several, an array that spans other processes' devices
+    (a batch split over data x fsdp, sharded params) is gathered from all of them
+    (`multihost_utils.process_allgather`); any other value is this process's own. The gather is
+    a collective: every process must call `to_host` on the same arrays in the same order, as
+    SPMD code does.
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return np.asarray(x)
+
+    return jax.tree.map(fetch, tree)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (a collective on several), so that all of them take
+    the same branch: stop, or fall back to an older checkpoint, together."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
+
+
+def process_0_first(name: str, fn: Callable[[], T]) -> T:
+    """`fn()` on process 0, then on the others once it has returned: for work that writes files
+    other processes read when they share a filesystem (a tokenizer trained into the workdir, a
+    dataset prepared into the data dir), which would otherwise be written by all at once, or read
+    half-written. `name` labels the barrier. On one process, `fn()`."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices(name)
+    return result if jax.process_index() == 0 else fn()

@@ -32,6 +32,7 @@ from rljax.models.api import default_positions
 from rljax.models.cache import CACHE_AXES, Cache, init_cache
 from rljax.models.config import ModelConfig
 from rljax.models.transformer import Transformer
+from rljax.sharding import to_host
 
 
 class Generation(NamedTuple):
@@ -121,8 +122,8 @@ def _validate(cfg, prompt_tokens, prompt_mask, max_new_tokens, eos_ids, num_samp
         raise ValueError(f"eos_ids must be token ids in [0, {cfg.vocab_size}), got {bad}")
     if not _is_count(pad_id, 0):
         raise ValueError(f"pad_id must be an integer >= 0, got {pad_id!r}")
-    if not isinstance(prompt_mask, jax.core.Tracer):
-        last_column = np.asarray(prompt_mask)[:, -1]
+    if not isinstance(prompt_mask, jax.core.Tracer):  # a host copy, also of a multi-process array
+        last_column = np.asarray(to_host(prompt_mask))[:, -1]
         if not last_column.all():
             raise ValueError(
                 f"prompts must be left-padded: prompt_mask[:, -1] is False in rows "

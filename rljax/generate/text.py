@@ -9,6 +9,7 @@ import numpy as np
 
 from rljax.generate.loop import generate
 from rljax.models.config import ModelConfig
+from rljax.sharding import to_host
 
 # Prompts are left-padded to a multiple of this, so that prompts of similar lengths share one
 # compiled program instead of compiling once per exact length.
@@ -50,7 +51,7 @@ def complete(cfg: ModelConfig, params: dict, tokenizer, prompts: Sequence[str], 
     out = generate(cfg, params, tokens, mask, jax.random.PRNGKey(0) if key is None else key,
                    max_new_tokens, eos_ids=tokenizer.eos_ids, num_samples=num_samples,
                    pad_id=tokenizer.pad_id, **sampling)
-    out_tokens, out_mask = jax.device_get((out.tokens, out.mask))
+    out_tokens, out_mask = to_host((out.tokens, out.mask))
     eos = set(tokenizer.eos_ids)
     return [tokenizer.decode([t for t in row[keep] if t not in eos])
             for row, keep in zip(out_tokens, out_mask)]

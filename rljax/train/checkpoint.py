@@ -12,6 +12,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from rljax import sharding
 
 
 class Checkpointer:
@@ -50,7 +53,8 @@ class Checkpointer:
         Without `step`, the newest checkpoint that can be read: one that fails to restore (a
         partial write, a truncated or corrupt file) is renamed `<step>.corrupt` (kept for
         inspection, invisible to later restores and saves) with a warning, and the one before it
-        is tried."""
+        is tried. On several processes, each reading its own shards, a step that fails on any
+        of them is set aside by all, so they all continue from the same step."""
         if step is not None:
             return self._restore(abstract_state, step)
         steps = sorted(self._manager.all_steps(), reverse=True)
@@ -58,13 +62,16 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         for i, candidate in enumerate(steps):
             try:
-                return self._restore(abstract_state, candidate)
+                restored, problem = self._restore(abstract_state, candidate), None
             except Exception as error:  # noqa: BLE001 - any failure to read means "unusable"
-                fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
-                warnings.warn(f"checkpoint step {candidate} in {self.directory} cannot be restored "
-                              f"({type(error).__name__}: {error}); moved aside as {candidate}.corrupt, "
-                              f"{fallback}", stacklevel=2)
-                self._set_aside(candidate)
+                restored, problem = None, f"{type(error).__name__}: {error}"
+            if not sharding.any_process(problem is not None):
+                return restored
+            fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older one"
+            warnings.warn(f"checkpoint step {candidate} in {self.directory} cannot be restored "
+                          f"({problem or 'on another process'}); moved aside as {candidate}.corrupt, "
+                          f"{fallback}", stacklevel=2)
+            self._set_aside(candidate)
         raise FileNotFoundError(f"no readable checkpoint in {self.directory} (tried steps {steps})")
 
     def _restore(self, abstract_state: Any, step: int) -> tuple[Any, dict]:
@@ -84,6 +91,8 @@ class Checkpointer:
             target, suffix = f"{path}.corrupt{suffix}", suffix + 1
         if jax.process_index() == 0 and os.path.exists(path):
             os.replace(path, target)
+        if jax.process_count() > 1:  # the others reload only once the step has moved
+            multihost_utils.sync_global_devices(f"set aside {path}")
         self._manager.reload()
 
     def wait(self) -> None:

@@ -6,6 +6,12 @@ continues where a run stopped; finished stages are not repeated. The run's devic
 config.mesh (`build_mesh`): on more than one, the params are sharded and the SFT and RL steps,
 generation and the log-prob passes are SPMD programs over the mesh (`rljax.train.sharded`).
 Outputs in workdir: metrics.jsonl, tensorboard/, curves.png, results.json.
+
+Several processes (`rljax.sharding.initialize_distributed`) run the same `run` with the same
+config and workdir, a filesystem they share (orbax writes every process's shards into one
+checkpoint). What the host reads (generated tokens to decode and score, metrics) is gathered
+whole on every process (`rljax.sharding.to_host`), so all of them take the same steps; process 0
+alone writes the outputs above.
 """
 
 from __future__ import annotations
@@ -63,6 +69,20 @@ def build_tokenizer(config, workdir: str):
         texts = tokenizer_corpus(config.task.name, "train", data_dir=config.task.data_dir, **config.task.knobs)
         tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size)
     return tokenizers.SentencePieceTokenizer(prefix + ".model")
+
+
+def build_data(config, workdir: str):
+    """(tokenizer, train split, test split). On several processes process 0 builds them first
+    (`sharding.process_0_first`): it trains the tokenizer into the workdir and prepares the task
+    into the data dir, and the others then read those files instead of writing them too."""
+    task = config.task
+
+    def build():
+        tokenizer = build_tokenizer(config, workdir)
+        return (tokenizer, *(load_task(task.name, split, data_dir=task.data_dir, **task.knobs)
+                             for split in ("train", "test")))
+
+    return sharding.process_0_first("tokenizer and task", build)
 
 
 def build_mesh(config) -> Mesh:
@@ -221,10 +241,8 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     key = jax.random.PRNGKey(config.seed)
     k_model, k_sft, k_rl = jax.random.split(key, 3)
 
-    tokenizer = build_tokenizer(config, workdir)
+    tokenizer, train_src, eval_src = build_data(config, workdir)
     task = config.task
-    train_src = load_task(task.name, "train", data_dir=task.data_dir, **task.knobs)
-    eval_src = load_task(task.name, "test", data_dir=task.data_dir, **task.knobs)
     eval_examples = [eval_src[i] for i in range(min(config.eval.num_examples, len(eval_src)))]
     reward_fns, reward_weights = task_rewards(task.name, task.answer_format)
     cfg, params = build_model(config, tokenizer, k_model)
@@ -277,9 +295,10 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
         "wall_seconds": time.perf_counter() - t_start,
         "eval_examples": len(eval_examples),
     })
-    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    results["curves"] = plot_curves(rows, os.path.join(workdir, "curves.png"), CURVES,
-                                    title=f"{task.name}: {rl.algorithm}/{rl.estimator}")
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=str)
+    if jax.process_index() == 0:  # the one writer, as of metrics.jsonl (MetricsLogger)
+        rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        results["curves"] = plot_curves(rows, os.path.join(workdir, "curves.png"), CURVES,
+                                        title=f"{task.name}: {rl.algorithm}/{rl.estimator}")
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2, default=str)
     return results

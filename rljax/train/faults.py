@@ -92,11 +92,6 @@ class Preemption:
             self._previous = None
 
     def should_stop(self) -> bool:
-        import jax
+        from rljax.sharding import any_process
 
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
-        return bool(np.any(flags))
+        return any_process(self.requested)

@@ -12,10 +12,11 @@ import numpy as np
 
 
 def to_python(metrics: Mapping) -> dict[str, float]:
-    """Fetches device scalars to Python floats (one host transfer for the whole dict)."""
-    import jax
+    """Fetches device scalars to Python floats (one host transfer for the whole dict; on several
+    processes, `rljax.sharding.to_host`'s)."""
+    from rljax.sharding import to_host
 
-    host = jax.device_get(dict(metrics))
+    host = to_host(dict(metrics))
     return {k: float(np.asarray(v)) for k, v in host.items()}
 
 
@@ -26,21 +27,28 @@ class MetricsLogger:
     interrupted and resumed stay in one file; entries at or after `start_step` are dropped
     first, so a resumed run does not log the steps after its checkpoint twice. The progress bar
     counts `log` calls out of `total_steps`, from `done_steps` (default `start_step`).
+
+    On several JAX processes only process 0 writes and shows progress; on the others `log` does
+    nothing. Every process logs the same values (SPMD), and with a workdir shared between them
+    all but one would append duplicate rows to the same file.
     """
 
     def __init__(self, workdir: str, total_steps: int, start_step: int = 0, tensorboard: bool = True,
                  progress: bool = True, description: str = "train", done_steps: int | None = None):
+        import jax
+
         os.makedirs(workdir, exist_ok=True)
         self.workdir = workdir
         self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+        self._jsonl = self._tb = self._bar = None
+        if jax.process_index() != 0:
+            return
         self._truncate_after(start_step)
         self._jsonl = open(self.jsonl_path, "a", buffering=1)
-        self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step or None)
-        self._bar = None
         if progress:
             from tqdm.auto import tqdm
 
@@ -57,6 +65,8 @@ class MetricsLogger:
     def log(self, step: int, metrics: Mapping[str, float], progress_keys: Iterable[str] = (),
             advance: bool = True) -> None:
         """Records `metrics` at `step`; `advance=False` leaves the progress bar where it is."""
+        if self._jsonl is None:  # not process 0
+            return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
@@ -69,7 +79,8 @@ class MetricsLogger:
             self._bar.set_postfix(shown, refresh=True)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:

@@ -28,6 +28,7 @@ from rljax.data.batching import pad_left
 from rljax.data.sampler import PromptSampler
 from rljax.models.config import ModelConfig
 from rljax.rewards import score
+from rljax.sharding import to_host
 from rljax.train import rollout
 from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
 from rljax.train.faults import NonFiniteGuard
@@ -129,6 +130,9 @@ class RLTrainer:
       On more than one device the params passed in must already be sharded
       (`sharding.shard_params`); the policy step is `shard_train_step`'s, and generation and the
       log-prob and value passes run under `sharding.use_mesh` on batches split over data x fsdp.
+      A mesh over several processes needs every process to make the same calls; what the host
+      reads (completions to decode and score, metrics) is gathered whole on each of them
+      (`sharding.to_host`), so they all score, log and decide alike.
     """
 
     def __init__(self, rl: RLConfig, cfg: ModelConfig, tokenizer, reward_fns: Mapping[str, Callable],
@@ -186,7 +190,7 @@ class RLTrainer:
         return tokens, mask, gen
 
     def score(self, gen, examples, num_samples):
-        completions = rollout.decode_completions(self.tokenizer, gen.tokens, gen.mask)
+        completions = rollout.decode_completions(self.tokenizer, *to_host((gen.tokens, gen.mask)))
         rewards, metrics = score(self.reward_fns, completions, rollout.group_examples(examples, num_samples),
                                  weights=self.reward_weights, timeout_s=self.reward_timeout_s)
         return rewards, metrics, completions
@@ -201,7 +205,7 @@ class RLTrainer:
             prompt_tokens, prompt_mask, gen = self.sample(params, [prompt_fn(e) for e in examples],
                                                           jax.random.fold_in(key, r), G, rl.temperature)
             rewards, metrics_r, completions = self.score(gen, examples, G)
-            seqs = jax.device_get(rollout.sequences_from_generation(prompt_tokens, prompt_mask, gen, G))
+            seqs = to_host(rollout.sequences_from_generation(prompt_tokens, prompt_mask, gen, G))
             if self.reward_model is not None:  # the learned reward replaces the verifier's, only logged
                 learned = self.reward_model(seqs["tokens"], seqs["attention_mask"])
                 metrics_r = {**metrics_r, "reward/true": float(np.mean(rewards)),
@@ -293,7 +297,7 @@ class RLTrainer:
         t1 = time.perf_counter()
         train, prep_metrics = self.prepare(state, batch, rewards, greedy, ref_params)
         state, step_metrics = self.update(state, train, jax.random.fold_in(key, 1 << 20))
-        step_metrics = jax.device_get(step_metrics)  # the one host sync of the update phase
+        step_metrics = to_host(step_metrics)  # the one host sync of the update phase
         skipped = self.guard.observe([m["nonfinite"] for m in step_metrics],
                                      where=f"RL optimiser step {int(state.step)}")
         t2 = time.perf_counter()
@@ -301,7 +305,7 @@ class RLTrainer:
         lengths = loss_mask.sum(axis=1)
         gen_tokens = int(lengths.sum()) * metrics["sampling_rounds"]
         out = {k: v for k, v in metrics.items() if not isinstance(v, str)}
-        out.update({k: float(v) for k, v in jax.device_get(prep_metrics).items()})
+        out.update({k: float(v) for k, v in to_host(prep_metrics).items()})
         out.update({k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]})
         out.update({
             "nonfinite_steps": float(skipped),
@@ -327,11 +331,12 @@ def evaluate(trainer: RLTrainer, params, examples: Sequence[Mapping], prompt_fn,
         pad = batch_size - len(chunk)  # keep one compiled shape: pad the last chunk
         _, _, gen = trainer.sample(params, [prompt_fn(e) for e in chunk + chunk[:1] * pad],
                                    jax.random.PRNGKey(0), 1, 0.0)
-        gen = gen._replace(tokens=gen.tokens[:len(chunk)], mask=gen.mask[:len(chunk)])
+        tokens, mask = to_host((gen.tokens, gen.mask))
+        gen = gen._replace(tokens=tokens[:len(chunk)], mask=mask[:len(chunk)])
         rewards, metrics, _ = trainer.score(gen, chunk, 1)
         for k in ("reward/total", accuracy_key):
             totals[k] = totals.get(k, 0.0) + metrics.get(k, 0.0) * len(chunk)
-        lengths.extend(np.asarray(gen.mask).sum(axis=1).tolist())
+        lengths.extend(gen.mask.sum(axis=1).tolist())
     n = len(examples)
     return {"eval/reward": totals["reward/total"] / n, "eval/accuracy": totals.get(accuracy_key, 0.0) / n,
             "eval/response_length": float(np.mean(lengths))}

@@ -31,7 +31,8 @@ jitted step on one device, this sharded one on more, behind one signature; `plac
 
 Several processes (`rljax.sharding.initialize_distributed`): every process runs the same calls
 with the same global (not per-process) host values; `place_*` copies to each process's devices
-only the shards they hold.
+only the shards they hold, and reshards on the devices the global arrays no process holds whole
+(`rljax.sharding.to_host` is the way back to the host).
 """
 
 from __future__ import annotations
@@ -91,19 +92,23 @@ def batch_shardings(batch: Batch, mesh: Mesh, rules: Rules = RULES) -> dict:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-    """`tree` (host arrays, or arrays on this process's devices, with their global shapes) placed
-    on `shardings`.
+    """`tree` (host arrays, arrays on this process's devices, or global arrays that already span
+    the mesh, all with their global shapes) placed on `shardings`.
 
-    On one process this is `jax.device_put`. On several, each process builds its part of every
-    global array from its own copy of the values (`jax.make_array_from_callback`): only the
-    shards of its own devices are transferred, and no cross-process check of the values runs, so
-    every process must pass the same values. There, keys must be raw uint32 key data
+    On one process this is `jax.device_put`. On several, a global array (one that spans other
+    processes' devices: sharded params, a generated batch) is resharded on the devices
+    (`jax.device_put`), since no process can read it whole. From any other value each process
+    builds its part of the global array from its own copy (`jax.make_array_from_callback`): only
+    the shards of its own devices are transferred, and no cross-process check of the values runs,
+    so every process must pass the same values. There, keys must be raw uint32 key data
     (`jax.random.PRNGKey`, as rljax's loops make them), not typed `jax.random.key` arrays.
     """
     if jax.process_count() == 1:
         return jax.device_put(tree, shardings)
 
     def put(x, s):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, s)
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
 

@@ -13,18 +13,12 @@ runs and GRPO's advantages vanish; an entropy bonus gives the RL steps a gradien
 Runs in its own process (tests/test_multidevice.py sets 8 fake CPU devices); skipped elsewhere.
 """
 
-import os
-
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import base
-from rljax.train import experiment
-from rljax.train.metrics import read_jsonl
-from rljax.train.rl import RLTrainer
-from tests.test_configs import ROOT, load_config, shrink
+from tests.multiprocess.problem import run_experiment
 
 if jax.device_count() < 8:
     pytest.skip("needs 8 devices; tests/test_multidevice.py runs this file on 8 fake CPU devices",
@@ -35,40 +29,6 @@ MESHES = {"one_device": dict(data=1, fsdp=1, tensor=1), "2x2x2": dict(data=2, fs
 RL_KEYS = ("loss", "grad_norm", "entropy", "mismatch/kl", "eval/response_length")
 
 
-def _config(mesh: dict):
-    """grpo_arithmetic at test_configs' tiny size, 2 SFT steps and 2 RL iterations whose batches
-    (4 SFT rows, 4 prompts x 2 samples, 4 held-out prompts) split over data x fsdp = 4."""
-    config = shrink(load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py")), real_model=False)
-    config.sft.steps = 2
-    config.rl.update(steps=2, prompts_per_step=4, entropy_coef=0.01)
-    config.eval.update(num_examples=4, batch_size=4)
-    config.mesh.update(**mesh)
-    return config
-
-
-def _spy(patch, cls, name, record):
-    """Wraps method `name` of `cls` so that record(self, result) sees each call's result."""
-    method = getattr(cls, name)
-
-    def wrapper(self, *args):
-        result = method(self, *args)
-        record(self, result)
-        return result
-
-    patch.setattr(cls, name, wrapper)
-
-
-def _run(mesh: dict, workdir: str):
-    """(metrics.jsonl rows, the RL stage's final state, the decoded completions of every sampling
-    and evaluation call) of `experiment.run` in `workdir`."""
-    final, texts = {}, []
-    with pytest.MonkeyPatch.context() as patch:
-        _spy(patch, experiment._Stage, "close", lambda stage, _: final.update({stage.name: stage.state}))
-        _spy(patch, RLTrainer, "score", lambda trainer, scored: texts.append(scored[2]))
-        experiment.run(_config(mesh), workdir, defaults=base.get_config())
-    return read_jsonl(os.path.join(workdir, "metrics.jsonl")), final["rl"], texts
-
-
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
     return {name: str(tmp_path_factory.mktemp(name)) for name in MESHES}
@@ -76,8 +36,8 @@ def workdirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(workdirs):
-    """`_run` of each mesh, in its own workdir."""
-    return {name: _run(mesh, workdirs[name]) for name, mesh in MESHES.items()}
+    """`run_experiment` of each mesh, in its own workdir."""
+    return {name: run_experiment(mesh, workdirs[name]) for name, mesh in MESHES.items()}
 
 
 def _column(rows, key):
@@ -129,7 +89,7 @@ def test_sharded_run_keeps_its_state_sharded(runs):
 def test_a_rerun_restores_the_sharded_state(runs, workdirs):
     """Rerunning the finished 2x2x2 run restores its checkpoints onto the sharded state."""
     _, state, _ = runs["2x2x2"]
-    _, restored, _ = _run(MESHES["2x2x2"], workdirs["2x2x2"])
+    _, restored, _ = run_experiment(MESHES["2x2x2"], workdirs["2x2x2"])
     for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
         assert got.sharding.is_equivalent_to(want.sharding, got.ndim), (got.sharding, want.sharding)
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

@@ -1,17 +1,26 @@
-"""The GRPO train step that the sharded tests run on every mesh and in every process layout.
+"""What the sharded tests run on every mesh and in every process layout: a GRPO train step, and
+the main experiment config at tiny size run by `experiment.run`.
 
 Everything is built on the host from fixed seeds, so that each process of a multi-process run,
 the single-process run and the unsharded reference all start from the same values.
 """
 
+import os
+
 import jax
 import numpy as np
+import pytest
 
+from configs import base
 from rljax import losses, models
 from rljax.train.objectives import make_objective
 from rljax.train.optim import make_optimizer
+from rljax.train import experiment
+from rljax.train.metrics import read_jsonl
+from rljax.train.rl import RLTrainer
 from rljax.train.state import TrainState
 from rljax.train.steps import make_policy_step
+from tests.test_configs import ROOT, load_config, shrink
 
 # Heads, kv heads, MLP and vocabulary divisible by tensor=2; the model dimension by fsdp=4.
 CFG = models.get_config("tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
@@ -57,3 +66,39 @@ def run_steps(step, state, batch, key):
         state, m = step(state, batch, jax.random.fold_in(key, i))
         metrics.append(m)
     return state, metrics
+
+
+def experiment_config(mesh: dict):
+    """grpo_arithmetic at test_configs' tiny size, 2 SFT steps and 2 RL iterations whose batches
+    (4 SFT rows, 4 prompts x 2 samples, 4 held-out prompts) split over data x fsdp = 4, on `mesh`
+    (data, fsdp, tensor). Two SFT steps teach the model no correct answer, so every reward is 0
+    and GRPO's advantages vanish; an entropy bonus gives the RL steps a gradient to compare."""
+    config = shrink(load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py")), real_model=False)
+    config.sft.steps = 2
+    config.rl.update(steps=2, prompts_per_step=4, entropy_coef=0.01)
+    config.eval.update(num_examples=4, batch_size=4)
+    config.mesh.update(**mesh)
+    return config
+
+
+def _spy(patch, cls, name, record):
+    """Wraps method `name` of `cls` so that record(self, result) sees each call's result."""
+    method = getattr(cls, name)
+
+    def wrapper(self, *args):
+        result = method(self, *args)
+        record(self, result)
+        return result
+
+    patch.setattr(cls, name, wrapper)
+
+
+def run_experiment(mesh: dict, workdir: str):
+    """(metrics.jsonl rows, the RL stage's final state, the decoded completions of every sampling
+    and evaluation call) of `experiment.run` of `experiment_config(mesh)` in `workdir`."""
+    final, texts = {}, []
+    with pytest.MonkeyPatch.context() as patch:
+        _spy(patch, experiment._Stage, "close", lambda stage, _: final.update({stage.name: stage.state}))
+        _spy(patch, RLTrainer, "score", lambda trainer, scored: texts.append(scored[2]))
+        experiment.run(experiment_config(mesh), workdir, defaults=base.get_config())
+    return read_jsonl(os.path.join(workdir, "metrics.jsonl")), final["rl"], texts
