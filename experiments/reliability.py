@@ -8,8 +8,9 @@
   row, before its first checkpoint): 1 when, for both, the parameters, optimiser state and every
   non-timing metric are equal.
 - sigterm_checkpoint: 1 when the SIGTERM'd run exited with status 143 and said where it saved.
-- multiprocess_equal: 1 when a sharded GRPO step on 2 jax.distributed processes x 4 CPU devices
-  equals the step on 1 process x 8 devices (tests/multiprocess/check.py).
+- multiprocess_equal: 1 when a sharded GRPO step, and a whole tiny SFT + GRPO experiment, on 2
+  jax.distributed processes x 4 CPU devices equal the same on 1 process x 8 devices
+  (tests/multiprocess/check.py).
 - nan_steps_skipped: of a sequence of GRPO steps, three with a NaN advantage in their batch; the
   count of steps the train step reported as skipped while leaving the state bit-for-bit unchanged.
 - sandbox_escapes: hostile programs (tests/rewards/test_code_sandbox.py) whose test failed, i.e.
@@ -108,12 +109,12 @@ def check_sandbox() -> dict:
 
 
 def check_multiprocess() -> dict:
-    from tests.multiprocess.check import run_check
+    from tests.multiprocess.check import run_check, run_experiment_check
 
-    result = run_check()
-    return {"multiprocess_equal": int(result["multiprocess_equal"]),
-            "multiprocess_detail": {k: result.get(k) for k in ("max_param_diff", "max_metric_diff", "unavailable",
-                                                                "error", "seconds")}}
+    step, experiment = run_check(), run_experiment_check()
+    return {"multiprocess_equal": int(step["multiprocess_equal"] == 1 and experiment["multiprocess_equal"] == 1),
+            "multiprocess_detail": {name: {k: v for k, v in result.items() if not isinstance(v, list)}
+                                    for name, result in (("train_step", step), ("experiment", experiment))}}
 
 
 def main():
