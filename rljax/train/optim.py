@@ -6,6 +6,8 @@ from typing import Literal
 
 import optax
 
+LR_DECAYS = ("constant", "cosine", "linear")
+
 
 def learning_rate_schedule(
     learning_rate: float,
@@ -16,7 +18,7 @@ def learning_rate_schedule(
 ) -> optax.Schedule:
     """Linear warmup from 0 over `warmup_steps`, then constant, cosine or linear decay to
     `final_fraction * learning_rate` at `total_steps`."""
-    if decay not in ("constant", "cosine", "linear"):
+    if decay not in LR_DECAYS:
         raise ValueError(f"unknown decay {decay!r}; choose constant, cosine or linear")
     decay_steps = max(total_steps - warmup_steps, 1)
     if decay == "constant":

@@ -33,7 +33,7 @@ from rljax.train import rollout
 from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
 from rljax.train.faults import NonFiniteGuard
 from rljax.train.objectives import make_objective
-from rljax.train.optim import make_optimizer
+from rljax.train.optim import LR_DECAYS, make_optimizer
 from rljax.train.sharded import MeshStep, on_mesh, place_rows
 from rljax.train.state import TrainState
 
@@ -53,6 +53,9 @@ class RLConfig:
     top_p: float = 1.0
     learning_rate: float = 1e-5
     warmup_steps: int = 0
+    # After warmup: "constant", or "cosine"/"linear" decay to 0 at the last optimiser step (an
+    # annealed end averages out the policy gradient's noise; see configs/grpo_arithmetic.py).
+    lr_decay: str = "constant"
     weight_decay: float = 0.0
     clip_norm: float = 1.0
     epochs: int = 1
@@ -91,6 +94,8 @@ def validate(rl: RLConfig) -> None:
     if rows % (rl.minibatches * rl.micro_batches):
         raise ValueError(f"rl.prompts_per_step * rl.group_size = {rows} must be divisible by "
                          f"rl.minibatches * rl.micro_batches = {rl.minibatches * rl.micro_batches}")
+    if rl.lr_decay not in LR_DECAYS:
+        raise ValueError(f"rl.lr_decay={rl.lr_decay!r}: choose one of {LR_DECAYS}")
     if rl.old_logp not in ("trainer", "sampler"):
         raise ValueError(f"rl.old_logp={rl.old_logp!r}: choose 'trainer' or 'sampler'")
     if rl.is_correction is not None and rl.old_logp != "trainer":
@@ -151,7 +156,7 @@ class RLTrainer:
             raise ValueError("PPO needs a critic: set model.value_head=True (shared trunk) or a critic config")
         updates = rl.steps * rl.epochs * rl.minibatches
         self.optimizer = make_optimizer(rl.learning_rate, total_steps=updates, warmup_steps=rl.warmup_steps,
-                                        weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
+                                        decay=rl.lr_decay, weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
         step = make_policy_step(cfg, self.optimizer, make_rl_objective(rl), rl.micro_batches, critic_cfg,
                                 with_entropy=True)
         param_axes = models.param_axes(cfg)
