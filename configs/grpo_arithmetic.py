@@ -1,6 +1,6 @@
 """The main job: a from-scratch transformer (0.8M parameters) learns 1-digit, 3-operand addition
 and subtraction ("What is 7 - 3 + 9?") on a CPU, first by a supervised warm start (SFT), then by
-GRPO (Shao et al. 2024) against the exact verifier. About 6 minutes on an idle 2-core CPU.
+GRPO (Shao et al. 2024) against the exact verifier. About 4 minutes on a 2-core CPU.
 
     python experiments/train.py --config configs/grpo_arithmetic.py --workdir /tmp/grpo_arithmetic
 
