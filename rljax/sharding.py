@@ -119,6 +119,12 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
                          devices=devices)
 
 
+def one_device_mesh() -> Mesh:
+    """A mesh of this process's first device alone (every axis 1): where a run that asks for no
+    mesh computes, whatever devices the host has."""
+    return make_mesh(devices=jax.local_devices()[:1])
+
+
 def _dividing_axes(axes: MeshAxes, size: int, mesh_shape) -> MeshAxes:
     """The longest prefix of `axes` whose mesh sizes multiply to a divisor of `size`."""
     if axes is None:

@@ -90,7 +90,7 @@ def build_mesh(config) -> Mesh:
     the default, is this process's first device alone, whatever the host has: the one-device run
     of before meshes. Any other mesh spans every device of every process."""
     sizes = dict(config.mesh)
-    return sharding.make_mesh(**sizes, devices=jax.local_devices()[:1] if set(sizes.values()) == {1} else None)
+    return sharding.one_device_mesh() if set(sizes.values()) == {1} else sharding.make_mesh(**sizes)
 
 
 def build_model(config, tokenizer, key):

@@ -146,7 +146,7 @@ class RLTrainer:
                  reward_model: Callable | None = None, guard: NonFiniteGuard | None = None,
                  mesh: Mesh | None = None):
         validate(rl)
-        self.mesh = mesh if mesh is not None else sharding.make_mesh(devices=jax.local_devices()[:1])
+        self.mesh = mesh if mesh is not None else sharding.one_device_mesh()
         self.rl, self.cfg, self.tokenizer, self.critic_cfg = rl, cfg, tokenizer, critic_cfg
         self.reward_model = reward_model
         self.guard = guard if guard is not None else NonFiniteGuard()
