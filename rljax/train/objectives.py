@@ -8,17 +8,31 @@ An objective maps (networks' outputs, micro-batch, global counts) to (loss, metr
        + value_coef · value_loss(V, V_old, R)              (PPO's critic)
 
 Batch keys read: loss_mask, advantages, and as needed old_logp, ref_logp, sampler_logp,
-old_values, returns.
+old_values, returns. Without old_logp, π_old is the policy being updated (the one update of an
+on-policy rollout): its log-probs are the step's own, without gradient, and with sampler_logp the
+step logs the sampler/trainer mismatch (`sampler_mismatch`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from rljax import losses
 from rljax.train.steps import Batch, Forward, Objective
 
 POLICY_LOSSES = ("reinforce", "ppo", "grpo", "gspo", "cispo")
+
+
+def sampler_mismatch(trainer_logp, sampler_logp, mask) -> dict:
+    """How far the sampler's log-probs are from the trainer's on the sampled tokens:
+    KL(π_sampler ‖ π_trainer) (k3 estimate, token mean) and the largest absolute gap."""
+    return {
+        "mismatch/kl": losses.aggregate(losses.kl_estimate(sampler_logp, trainer_logp, "k3"), mask),
+        "mismatch/max_abs": jnp.max(jnp.where(mask, jnp.abs(trainer_logp - sampler_logp), 0.0)),
+    }
 
 
 def _policy_loss(name: str, fwd: Forward, batch: Batch, common: dict, hparams: dict):
@@ -60,6 +74,11 @@ def make_objective(
     def objective(fwd: Forward, batch: Batch, counts: dict):
         mask = batch["loss_mask"]
         reduce = dict(agg=agg, norm_len=norm_len, **counts)
+        own_metrics = {}
+        if "old_logp" not in batch:  # π_old = π_θ: the same numbers as a second forward pass
+            batch = {**batch, "old_logp": jax.lax.stop_gradient(fwd.logp)}
+            if "sampler_logp" in batch:
+                own_metrics = sampler_mismatch(batch["old_logp"], batch["sampler_logp"], mask)
         is_weights, is_metrics = None, {}
         if is_correction is not None:
             is_weights, is_metrics = losses.importance_weights(
@@ -67,7 +86,7 @@ def make_objective(
             )
         loss, metrics = _policy_loss(policy_loss, fwd, batch, dict(reduce, is_weights=is_weights,
                                                                     entropy=fwd.entropy), policy_hparams)
-        metrics = {**metrics, **is_metrics, "policy_loss": loss}
+        metrics = {**metrics, **is_metrics, **own_metrics, "policy_loss": loss}
         if kl_coef:
             kl = losses.kl_estimate(fwd.logp, batch["ref_logp"], kl_estimator)
             kl_loss = losses.aggregate(kl, mask, **reduce)

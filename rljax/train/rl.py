@@ -4,8 +4,9 @@ One iteration (Shao et al. 2024's GRPO loop; PPO with a critic when `algorithm="
   1. draw B prompts, sample G completions each (one jit: prefill once, decode loop);
   2. score them on the host (a reward function that raises or hangs gives 0, counted);
   3. DAPO dynamic sampling (optional): keep groups whose rewards differ, refill from new prompts;
-  4. trainer log-probs of the samples (old policy; the sampler/trainer mismatch is logged),
-     reference log-probs for the KL, critic values for PPO;
+  4. trainer log-probs of the samples (old policy; the sampler/trainer mismatch is logged; with
+     one update per rollout, the update's own forward pass gives them), reference log-probs for
+     the KL, critic values for PPO;
   5. advantages (group-relative estimators, or GAE on KL-shaped token rewards for PPO);
   6. `epochs` passes over the batch in `minibatches` shuffled mini-batches of policy updates.
 Iteration i uses PRNG key fold_in(seed_key, i) and the prompt sampler's position from the
@@ -32,7 +33,7 @@ from rljax.sharding import to_host
 from rljax.train import rollout
 from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
 from rljax.train.faults import NonFiniteGuard
-from rljax.train.objectives import make_objective
+from rljax.train.objectives import make_objective, sampler_mismatch
 from rljax.train.optim import LR_DECAYS, make_optimizer
 from rljax.train.sharded import MeshStep, on_mesh, place_rows
 from rljax.train.state import TrainState
@@ -68,7 +69,7 @@ class RLConfig:
     kl_estimator: str = "k3"
     kl_in_reward: bool = False
     entropy_coef: float = 0.0
-    old_logp: str = "trainer"  # "trainer" (recomputed) or "sampler"
+    old_logp: str = "trainer"  # "trainer" (recomputed, or the update's own if it is the only one) or "sampler"
     is_correction: str | None = None  # "truncate" / "mask": sampler/trainer importance weights
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 3
@@ -155,6 +156,11 @@ class RLTrainer:
         if rl.algorithm == "ppo" and critic_cfg is None and not cfg.value_head:
             raise ValueError("PPO needs a critic: set model.value_head=True (shared trunk) or a critic config")
         updates = rl.steps * rl.epochs * rl.minibatches
+        # With one update per rollout the trainer's old log-probs are those of the params being
+        # updated, so the step takes them from its own forward pass (no second one), unless they
+        # are needed before it: in PPO's or a KL-shaped reward.
+        self.old_logp_in_step = (rl.old_logp == "trainer" and rl.epochs * rl.minibatches == 1
+                                 and rl.algorithm != "ppo" and not (rl.kl_in_reward and rl.beta))
         self.optimizer = make_optimizer(rl.learning_rate, total_steps=updates, warmup_steps=rl.warmup_steps,
                                         decay=rl.lr_decay, weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
         step = make_policy_step(cfg, self.optimizer, make_rl_objective(rl), rl.micro_batches, critic_cfg,
@@ -218,22 +224,23 @@ class RLTrainer:
                 # A Bradley-Terry reward is identified only up to a constant per prompt: remove it
                 # (each group's mean), so the advantages compare the answers to one prompt.
                 rewards = learned - (learned.reshape(B, G).mean(1).repeat(G) if G > 1 else 0.0)
+            informative = rollout.informative_groups(rewards.reshape(B, G))
             for i in range(B):
                 group = {k: v[i * G:(i + 1) * G] for k, v in seqs.items()}
                 group["rewards"] = rewards[i * G:(i + 1) * G]
                 group["example"] = examples[i]
-                informative = not rl.dynamic_sampling or np.ptp(group["rewards"]) > 0
-                (kept if informative else spare).append(group)
+                (kept if informative[i] or not rl.dynamic_sampling else spare).append(group)
             if r == 0:
                 metrics = {**metrics_r, "sample_completion": completions[0]}
             if len(kept) >= B:
                 break
         metrics["sampling_rounds"] = r + 1
-        metrics["informative_group_frac"] = min(len(kept), B) / B
         # Keep the batch shape static: fill up with uninformative groups (zero advantage).
         groups = (kept + spare)[:B]
         batch = {k: np.concatenate([g[k] for g in groups]) for k in seqs}
         rewards = np.concatenate([g["rewards"] for g in groups]).astype(np.float32)
+        # Measured with or without dynamic sampling: tied groups give no group-relative signal.
+        metrics["informative_group_frac"] = float(rollout.informative_groups(rewards.reshape(B, G)).mean())
         greedy = None
         if rl.algorithm == "grpo" and rl.estimator == "remax":
             examples = [g["example"] for g in groups]
@@ -247,15 +254,14 @@ class RLTrainer:
         params = self.policy_params(state)
         tokens, attn, loss_mask, sampler_logp = (place_rows(batch[k], self.mesh) for k in
                                                  ("tokens", "attention_mask", "loss_mask", "sampler_logp"))
-        trainer_logp = self._logp(cfg, params, tokens, attn)
-        metrics = {
-            # KL(π_sampler ‖ π_trainer) on the sampled tokens (k3 estimate) and the largest gap.
-            "mismatch/kl": losses.aggregate(losses.kl_estimate(sampler_logp, trainer_logp, "k3"), loss_mask),
-            "mismatch/max_abs": jnp.max(jnp.where(loss_mask, jnp.abs(trainer_logp - sampler_logp), 0.0)),
-        }
-        old_logp = trainer_logp if rl.old_logp == "trainer" else sampler_logp
-        train = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask, "old_logp": old_logp,
-                 "sampler_logp": sampler_logp}
+        train = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask, "sampler_logp": sampler_logp}
+        metrics = {}
+        if self.old_logp_in_step:  # the step's forward pass gives them, and the mismatch
+            old_logp = None
+        else:
+            trainer_logp = self._logp(cfg, params, tokens, attn)
+            metrics = sampler_mismatch(trainer_logp, sampler_logp, loss_mask)
+            old_logp = train["old_logp"] = trainer_logp if rl.old_logp == "trainer" else sampler_logp
         if rl.beta:
             train["ref_logp"] = self._logp(cfg, ref_params, tokens, attn)
         scores = jnp.asarray(rewards)
