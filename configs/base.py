@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
                        max_seq_len=64),
     ))
     config.sft = ml_collections.ConfigDict(dict(
-        steps=300, batch_size=64, learning_rate=3e-3, warmup_steps=30, weight_decay=0.0, micro_batches=1,
+        steps=300, batch_size=64, learning_rate=3e-3, warmup_steps=30, lr_decay="cosine", lr_final_fraction=0.0,
+        weight_decay=0.0, micro_batches=1,
     ))
     config.rl = ml_collections.ConfigDict(dataclasses.asdict(RLConfig()))
     config.eval = ml_collections.ConfigDict(dict(every=10, num_examples=200, batch_size=100))

@@ -121,6 +121,7 @@ def _batch_split(config: dict, data_parallel: int) -> list[str]:
 def _consistency(config: dict) -> list[str]:
     import dataclasses
 
+    from rljax.train.optim import LR_DECAYS
     from rljax.train.rl import RLConfig, validate
 
     problems = []
@@ -130,6 +131,11 @@ def _consistency(config: dict) -> list[str]:
         validate(RLConfig(**{k: v for k, v in rl.items() if k in known}))
     except ValueError as e:
         problems.append(str(e))
+    if sft.get("lr_decay", "constant") not in LR_DECAYS:
+        problems.append(f"sft.lr_decay={sft['lr_decay']!r}: choose one of {LR_DECAYS}")
+    if not 0.0 <= sft.get("lr_final_fraction", 0.0) <= 1.0:
+        problems.append(f"sft.lr_final_fraction={sft['lr_final_fraction']}: the last learning rate's fraction of "
+                        "sft.learning_rate must be in [0, 1]")
     if sft.get("steps", 0) > 0 and sft.get("batch_size", 1) % max(sft.get("micro_batches", 1), 1):
         problems.append(f"sft.batch_size={sft['batch_size']} is not divisible by sft.micro_batches="
                         f"{sft['micro_batches']}: change one of them")

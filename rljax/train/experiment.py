@@ -185,7 +185,8 @@ def run_sft(config, workdir, cfg, params, tokenizer, train_src, key, mesh: Mesh,
     """Supervised warm start on (prompt, answer + EOS) pairs of the training split, on `mesh`."""
     sft = config.sft
     optimizer = make_optimizer(sft.learning_rate, total_steps=sft.steps, warmup_steps=sft.warmup_steps,
-                               decay="cosine", weight_decay=sft.weight_decay)
+                               decay=sft.lr_decay, final_fraction=sft.lr_final_fraction,
+                               weight_decay=sft.weight_decay)
     step = MeshStep(make_sft_step(cfg, optimizer, sft.micro_batches), mesh, models.param_axes(cfg))
     sampler = PromptSampler(train_src, seed=config.seed)
     # The state's own key is split off: the step donates the state, and with it that key's buffer.

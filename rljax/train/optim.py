@@ -38,14 +38,16 @@ def make_optimizer(
     total_steps: int = 1000,
     warmup_steps: int = 0,
     decay: Literal["constant", "cosine", "linear"] = "constant",
+    final_fraction: float = 0.0,
     weight_decay: float = 0.0,
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     clip_norm: float | None = 1.0,
 ) -> optax.GradientTransformation:
-    """clip_by_global_norm(clip_norm) followed by AdamW (Loshchilov & Hutter 2019)."""
-    schedule = learning_rate_schedule(learning_rate, total_steps, warmup_steps, decay)
+    """clip_by_global_norm(clip_norm) followed by AdamW (Loshchilov & Hutter 2019), its learning
+    rate `learning_rate_schedule`'s."""
+    schedule = learning_rate_schedule(learning_rate, total_steps, warmup_steps, decay, final_fraction)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     if clip_norm is None:
         return adamw

@@ -42,6 +42,8 @@ def _config(**changes):
     ({"rl__group_size": 1}, r"rl\.group_size=1: .*group_size >= 2"),
     ({"rl__minibatches": 3}, r"divisible by rl\.minibatches \* rl\.micro_batches = 3"),
     ({"rl__lr_decay": "exp"}, r"rl\.lr_decay='exp': choose one of \('constant', 'cosine', 'linear'\)"),
+    ({"sft__lr_decay": "exp"}, r"sft\.lr_decay='exp': choose one of \('constant', 'cosine', 'linear'\)"),
+    ({"sft__lr_final_fraction": 1.5}, r"sft\.lr_final_fraction=1\.5: .* must be in \[0, 1\]"),
     ({"sft__micro_batches": 5}, r"sft\.batch_size=64 is not divisible by sft\.micro_batches=5"),
     ({"data__max_prompt_tokens": 60}, r"exceeds the model's context model\.overrides\.max_seq_len=64"),
     # Meshes: none of these needs more than one device (a mesh of product 3 fits no device count

@@ -40,12 +40,18 @@ def test_gradients_are_clipped_before_adam():
     np.testing.assert_allclose(first_moments[0]["w"], 0.1 * np.array([0.3, 0.4]), rtol=1e-5)
 
 
-@pytest.mark.parametrize("decay,expected_end", [("constant", 1.0), ("cosine", 0.0), ("linear", 0.0)])
-def test_schedule_warms_up_then_decays(decay, expected_end):
-    schedule = learning_rate_schedule(1.0, total_steps=20, warmup_steps=10, decay=decay)
+@pytest.mark.parametrize("decay,final_fraction,expected_mid,expected_end", [
+    ("constant", 0.0, 1.0, 1.0), ("cosine", 0.0, 0.5, 0.0), ("linear", 0.0, 0.5, 0.0),
+    # halfway through the decay: final + (1 - final) / 2 for both
+    ("cosine", 0.1, 0.55, 0.1), ("linear", 0.2, 0.6, 0.2),
+])
+def test_schedule_warms_up_then_decays(decay, final_fraction, expected_mid, expected_end):
+    schedule = learning_rate_schedule(1.0, total_steps=20, warmup_steps=10, decay=decay,
+                                      final_fraction=final_fraction)
     assert float(schedule(0)) == 0.0
     assert float(schedule(5)) == pytest.approx(0.5)
     assert float(schedule(10)) == pytest.approx(1.0)
+    assert float(schedule(15)) == pytest.approx(expected_mid, abs=1e-6)
     assert float(schedule(20)) == pytest.approx(expected_end, abs=1e-6)
     with pytest.raises(ValueError, match="unknown decay"):
         learning_rate_schedule(1.0, 10, decay="exp")
