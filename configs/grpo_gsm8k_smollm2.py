@@ -2,7 +2,8 @@
 package, dequantised to float32), answers asked for as `#### N` through the chat template.
 
 Expected runtime: on this 2-core CPU about 2-4 minutes per RL step at these sizes
-(4 prompts x 4 samples x 192 new tokens); on one H100/H200 a few seconds per step.
+(4 prompts x 4 samples x 192 new tokens, measured); on one H100/H200 a few seconds per step
+(an estimate: no GPU has run it yet).
     python experiments/train.py --config configs/grpo_gsm8k_smollm2.py --workdir /tmp/gsm8k
 """
 
