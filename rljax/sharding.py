@@ -81,6 +81,37 @@ RULES: Rules = (
 )
 
 
+def resolve_mesh_axes(data: int = 1, fsdp: int = 1, tensor: int = 1, n_devices: int | None = None,
+                      names: str = "") -> tuple[dict[str, int] | None, list[str]]:
+    """(sizes, problems): the sizes of the ('data', 'fsdp', 'tensor') axes of a mesh over
+    `n_devices` (default: every device of every process), one -1 resolved to the devices the other
+    axes leave, and what is wrong with them. Sizes whose product is not the device count are still
+    returned, beside that problem; None when there are no sizes to give (a bad size, two -1s, a
+    -1 the devices cannot fill). `names` prefixes the axis names in the messages ("mesh." where
+    they come from a config section)."""
+    n = jax.device_count() if n_devices is None else n_devices
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor}
+    problems = [f"{names}{axis}={size!r}: a mesh axis size is a positive integer, or -1 for the devices "
+                "the other axes leave" for axis, size in sizes.items()
+                if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1)]
+    inferred = [axis for axis, size in sizes.items() if size == -1]
+    if len(inferred) > 1:
+        problems.append(f"{' and '.join(names + a for a in inferred)} are all -1: at most one mesh axis may be "
+                        "-1; give the others sizes")
+    if problems:
+        return None, problems
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if inferred and n % known:
+        return None, [f"cannot infer {names}{inferred[0]}=-1: {n} devices are not divisible by the product "
+                      f"{known} of the other axes"]
+    if inferred:
+        sizes[inferred[0]] = n // known
+    elif known != n:
+        problems.append(f"{names}data x {names}fsdp x {names}tensor = {known} needs {known} devices, but there "
+                        f"are {n}: make the product {n}, or set one axis to -1 to take the remaining devices")
+    return sizes, problems
+
+
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: every device of every process).
@@ -93,30 +124,11 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
     annotations on every operation of the model.
     """
     devices = list(jax.devices() if devices is None else devices)
-    requested = {"data": data, "fsdp": fsdp, "tensor": tensor}
-    bad = {a: s for a, s in requested.items() if not isinstance(s, int) or (s < 1 and s != -1)}
-    if bad:
-        raise ValueError(f"mesh axis sizes must be positive integers or -1, got {bad}")
-    inferred = [a for a, s in requested.items() if s == -1]
-    if len(inferred) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {inferred}")
-    known = math.prod(s for s in requested.values() if s != -1)
-    if inferred:
-        if len(devices) % known:
-            raise ValueError(
-                f"cannot infer {inferred[0]}=-1: {len(devices)} devices are not divisible by the "
-                f"product {known} of the other axes ({requested})"
-            )
-        requested[inferred[0]] = len(devices) // known
-    elif known != len(devices):
-        raise ValueError(
-            f"mesh data={data} x fsdp={fsdp} x tensor={tensor} needs {known} devices, but got "
-            f"{len(devices)}; set one axis to -1 to take the remaining devices, or pass devices= "
-            f"a subset of that size"
-        )
-    shape = tuple(requested[a] for a in MESH_AXES)
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    sizes, problems = resolve_mesh_axes(data, fsdp, tensor, len(devices))
+    if problems:
+        raise ValueError("; ".join(problems))
+    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
 
 
 def one_device_mesh() -> Mesh:

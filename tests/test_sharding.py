@@ -31,11 +31,11 @@ def test_make_mesh_axes_and_inference():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(data=2, fsdp=2, tensor=2), "needs 8 devices, but got 1"),
+    (dict(data=2, fsdp=2, tensor=2), "= 8 needs 8 devices, but there are 1"),
     (dict(data=-1, tensor=-1), "at most one mesh axis may be -1"),
     (dict(data=-1, tensor=2), "cannot infer data=-1"),
-    (dict(fsdp=0), "positive integers or -1"),
-    (dict(tensor=1.5), "positive integers or -1"),
+    (dict(fsdp=0), "fsdp=0: a mesh axis size is a positive integer, or -1"),
+    (dict(tensor=1.5), "tensor=1.5: a mesh axis size is a positive integer, or -1"),
 ])
 def test_make_mesh_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -8,10 +8,9 @@ problem is one line that names the key and the fix, and all of them are reported
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-import jax
+from rljax import sharding
 
 # Sections whose contents are keyword arguments checked by what receives them (the model preset's
 # fields, the task builder's knobs), or that only some configs have.
@@ -67,32 +66,15 @@ def _compare(config: Mapping, defaults: Mapping, prefix: str, problems: list[str
 
 
 def _data_parallel(mesh: Mapping, problems: list[str]) -> int | None:
-    """data x fsdp of the `mesh` section, a -1 resolved against `jax.device_count()`, after adding
-    what is wrong with its sizes to `problems`; None when they give no such number. All sizes 1
-    is one device (`experiment.build_mesh`), so only other meshes must cover the devices."""
-    sizes = {axis: mesh.get(axis, 1) for axis in ("data", "fsdp", "tensor")}
-    bad = [axis for axis, size in sizes.items() if size == 0 or size < -1]
-    problems += [f"mesh.{axis}={sizes[axis]}: a mesh axis is a number of devices >= 1, or -1 for the "
-                 "devices the other axes leave" for axis in bad]
-    inferred = [axis for axis, size in sizes.items() if size == -1]
-    if len(inferred) > 1:
-        problems.append(f"{' and '.join('mesh.' + a for a in inferred)} are all -1: at most one axis may "
-                        "take the remaining devices; give the others sizes")
-    if bad or len(inferred) > 1:
-        return None
-    known = math.prod(size for size in sizes.values() if size != -1)
-    if inferred:
-        devices = jax.device_count()
-        if devices % known:
-            problems.append(f"mesh.{inferred[0]}=-1: the {devices} devices are not divisible by the product "
-                            f"{known} of the other axes; change those")
-            return None
-        sizes[inferred[0]] = devices // known
-    elif known > 1 and known != (devices := jax.device_count()):
-        problems.append(f"mesh.data * mesh.fsdp * mesh.tensor = {known}, but jax.device_count() = {devices}: "
-                        "make the product the device count, set one axis to -1 (the remaining devices), "
-                        "or all to 1 (one device)")
-    return sizes["data"] * sizes["fsdp"]
+    """data x fsdp of the `mesh` section (`sharding.resolve_mesh_axes`), after adding what is wrong
+    with its sizes to `problems`; None when they give no such number. All sizes 1 is one device
+    (`experiment.build_mesh`) whatever the device count, so only other meshes must cover them."""
+    sizes = {axis: mesh.get(axis, 1) for axis in sharding.MESH_AXES}
+    if set(sizes.values()) == {1}:
+        return 1
+    resolved, found = sharding.resolve_mesh_axes(**sizes, names="mesh.")
+    problems += found
+    return None if resolved is None else resolved["data"] * resolved["fsdp"]
 
 
 def _batch_split(config: dict, data_parallel: int) -> list[str]:
