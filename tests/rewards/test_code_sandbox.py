@@ -206,8 +206,12 @@ def test_concurrent_runs_are_independent():
     programs = ["def f(x): return 3 * x + 2", "while True: pass", "def f(x): return 0", bomb]
     tests = ("import threading\nworkers = [threading.Thread(target=f, args=(1,)) for _ in range(4)]"
              "\nfor w in workers: w.start()\nfor w in workers: w.join()\nassert f(1) == 5")
+    # The hostile programs are stopped after 2 s; the others get 10 s, so that the CPU time the
+    # hostile ones take on a loaded 2-core machine cannot push a correct run past its limit.
+    hostile = {programs[1], bomb}
     with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda p: run_code(p, tests, timeout_s=2.0), programs * 2))
+        results = list(pool.map(lambda p: run_code(p, tests, timeout_s=2.0 if p in hostile else 10.0),
+                                programs * 2))
     assert [r.status for r in results] == ["passed", "timeout", "failed", "timeout"] * 2
 
 
