@@ -31,7 +31,7 @@ from rljax.models.config import ModelConfig
 from rljax.rewards import score
 from rljax.sharding import to_host
 from rljax.train import rollout
-from rljax.train.steps import make_policy_step, sequence_logprobs, state_values
+from rljax.train.steps import make_policy_step, run_networks
 from rljax.train.faults import NonFiniteGuard
 from rljax.train.objectives import make_objective, sampler_mismatch
 from rljax.train.optim import LR_DECAYS, make_optimizer
@@ -169,10 +169,12 @@ class RLTrainer:
         if critic_cfg is not None:
             param_axes = {"policy": param_axes, "critic": models.param_axes(critic_cfg)}
         self._step = MeshStep(step, self.mesh, param_axes)
-        on_devices = on_mesh(self.mesh)  # traced and run under the mesh, like generation and the step
-        self._logp = on_devices(jax.jit(sequence_logprobs, static_argnums=0))
-        self._values = on_devices(jax.jit(lambda c, p, t, m: state_values(models.forward(c, p, t, mask=m).values),
-                                          static_argnums=0))
+        # The gradient-free passes over a rollout: one forward of the policy (and critic) gives the
+        # old log-probs and, for PPO, the values; the fused LM head scores the completion only.
+        # Traced and run under the mesh, like generation and the step.
+        forward = lambda c, p, batch, critic_cfg: run_networks(c, p, batch, critic_cfg,  # noqa: E731
+                                                                logp_where=batch["loss_mask"])
+        self._forward = on_mesh(self.mesh)(jax.jit(forward, static_argnums=(0, 3)))
 
     # -- state --------------------------------------------------------------------------------
     def init_state(self, params, key, critic_params=None) -> TrainState:
@@ -251,23 +253,25 @@ class RLTrainer:
     def prepare(self, state: TrainState, batch: dict, rewards: np.ndarray, greedy, ref_params):
         """Steps 4-5: old/ref log-probs, values, advantages. Returns the train batch and metrics."""
         rl, cfg = self.rl, self.cfg
-        params = self.policy_params(state)
         tokens, attn, loss_mask, sampler_logp = (place_rows(batch[k], self.mesh) for k in
                                                  ("tokens", "attention_mask", "loss_mask", "sampler_logp"))
-        train = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask, "sampler_logp": sampler_logp}
+        rows = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask}
+        train = {**rows, "sampler_logp": sampler_logp}
         metrics = {}
         if self.old_logp_in_step:  # the step's forward pass gives them, and the mismatch
             old_logp = None
         else:
-            trainer_logp = self._logp(cfg, params, tokens, attn)
-            metrics = sampler_mismatch(trainer_logp, sampler_logp, loss_mask)
-            old_logp = train["old_logp"] = trainer_logp if rl.old_logp == "trainer" else sampler_logp
+            current = self._forward(cfg, state.params, rows, self.critic_cfg)
+            metrics = sampler_mismatch(current.logp, sampler_logp, loss_mask)
+            old_logp = train["old_logp"] = current.logp if rl.old_logp == "trainer" else sampler_logp
         if rl.beta:
-            train["ref_logp"] = self._logp(cfg, ref_params, tokens, attn)
+            train["ref_logp"] = self._forward(cfg, ref_params, rows, None).logp
         scores = jnp.asarray(rewards)
+        if rl.kl_in_reward and rl.beta:  # Ziegler et al.'s k1 penalty; with the KL in the loss, the objective logs it
+            kl = losses.kl_estimate(old_logp, train["ref_logp"], "k1")
+            metrics["kl"] = losses.aggregate(kl, loss_mask, "token-mean")
         if rl.algorithm == "ppo":
-            critic = (self.critic_cfg, state.params["critic"]) if self.critic_cfg else (cfg, params)
-            values = self._values(*critic, tokens, attn)
+            values = current.values
             ref_logp = train.get("ref_logp", old_logp)
             token_rewards = losses.kl_penalized_rewards(scores, old_logp, ref_logp, loss_mask, rl.beta,
                                                         kind="k1")
@@ -277,7 +281,6 @@ class RLTrainer:
             train.update(advantages=advantages, returns=returns, old_values=values)
         else:
             if rl.kl_in_reward and rl.beta:
-                kl = losses.kl_estimate(old_logp, train["ref_logp"], "k1")
                 scores = scores - rl.beta * losses.seq_sum(kl, loss_mask)
             B, G = rl.prompts_per_step, rl.group_size
             advantages = rollout.sequence_advantages(

@@ -178,12 +178,6 @@ def head_logprobs(cfg: ModelConfig, params, hidden: jax.Array, tokens: jax.Array
     return jnp.where(scored, logp, 0.0)[:, :T]
 
 
-def sequence_logprobs(cfg: ModelConfig, params, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """log π(tokens[t] | tokens[<t]) for every t, [B, T] float32 (0 at t = 0)."""
-    logits, _ = models.apply(cfg, params, tokens, mask=attention_mask)
-    return next_token_logprobs(logits, tokens)
-
-
 def run_networks(cfg: ModelConfig, params, batch: Batch, critic_cfg: ModelConfig | None = None,
                  with_entropy: bool = False, logp_where: jax.Array | None = None) -> Forward:
     """One forward pass of the policy (and the critic, when separate) on a batch.

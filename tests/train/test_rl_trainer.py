@@ -111,3 +111,32 @@ def test_the_one_update_of_a_rollout_equals_the_update_after_a_separate_old_logp
         np.testing.assert_allclose(m_in[k], m_re[k], rtol=1e-5, atol=1e-6, err_msg=k)
     np.testing.assert_allclose(m_in["mismatch/max_abs"], 0.25, rtol=1e-5)
     assert float(m_in["mismatch/kl"]) > 0
+
+
+def test_ppo_takes_old_logprobs_and_values_from_one_pass_and_logs_the_reward_kl():
+    cfg = CFG.replace(value_head=True)
+    params, ref_params = (models.init(cfg, jax.random.PRNGKey(k)) for k in (0, 5))
+    rl = RLConfig(prompts_per_step=B, group_size=G, max_new_tokens=3, algorithm="ppo", policy_loss="ppo",
+                  beta=0.1, kl_in_reward=True, kl_estimator="k1")
+    trainer = RLTrainer(rl, cfg, CharTokenizer(), _reward_fns(), {}, PROMPT_LEN)
+    sampler = PromptSampler(_source([False] * B), seed=0, shuffle=False)
+    batch, rewards, _, _ = trainer.collect(params, sampler, lambda e: e["prompt"], jax.random.PRNGKey(1))
+    train, metrics = trainer.prepare(trainer.init_state(params, jax.random.PRNGKey(2)), batch, rewards, None,
+                                     ref_params)
+    tokens, attention, mask = (np.asarray(batch[k]) for k in ("tokens", "attention_mask", "loss_mask"))
+
+    def reference(p):  # log π(tokens[t] | tokens[<t]) from the full logits, and the value head
+        out = models.forward(cfg, p, tokens, mask=attention)
+        logits, values = np.asarray(out.logits, np.float64), np.asarray(out.values, np.float64)
+        top = logits.max(-1, keepdims=True)
+        logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+        picked = np.take_along_axis(logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+        return np.pad(picked, ((0, 0), (1, 0))), np.pad(values[:, :-1], ((0, 0), (1, 0)))
+
+    old, values = reference(params)
+    ref, _ = reference(ref_params)
+    np.testing.assert_allclose(np.where(mask, train["old_logp"], 0), np.where(mask, old, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.where(mask, train["ref_logp"], 0), np.where(mask, ref, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.where(mask, train["old_values"], 0), np.where(mask, values, 0), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(float(metrics["kl"]), (old - ref)[mask].mean(), rtol=1e-4)

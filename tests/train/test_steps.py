@@ -13,7 +13,7 @@ from rljax import losses, models
 from rljax.train import rollout
 from rljax.train.objectives import make_objective
 from rljax.train.state import TrainState
-from rljax.train.steps import (make_policy_step, make_sft_step, run_networks, sequence_logprobs,
+from rljax.train.steps import (make_policy_step, make_sft_step, next_token_logprobs, run_networks,
                                state_values)
 
 CFG = models.get_config("tiny", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
@@ -77,13 +77,13 @@ def test_grpo_objective_is_the_grpo_loss_of_the_policy_logprobs():
     counts = losses.global_counts(batch["loss_mask"])
     objective = make_objective("grpo", agg="seq-mean-token-mean", beta=0.05, clip_eps=0.2, clip_eps_high=0.3)
     loss, metrics = objective(run_networks(CFG, params, batch), batch, counts)
-    logp = sequence_logprobs(CFG, params, batch["tokens"], batch["attention_mask"])
+    logits, _ = models.apply(CFG, params, batch["tokens"], mask=batch["attention_mask"])
+    logp = next_token_logprobs(logits, batch["tokens"])
     want, _ = losses.grpo_loss(logp, batch["old_logp"], batch["ref_logp"], batch["advantages"],
                                batch["loss_mask"], clip_eps=0.2, clip_eps_high=0.3, beta=0.05,
                                agg="seq-mean-token-mean", **counts)
     np.testing.assert_allclose(loss, want, rtol=1e-6)
-    # sequence_logprobs aligns log π(tokens[t] | tokens[<t]) with token t:
-    logits, _ = models.apply(CFG, params, batch["tokens"], mask=batch["attention_mask"])
+    # next_token_logprobs aligns log π(tokens[t] | tokens[<t]) with token t:
     ref = jax.nn.log_softmax(logits[0, 4])[batch["tokens"][0, 5]]
     np.testing.assert_allclose(logp[0, 5], ref, rtol=1e-5)
     assert float(logp[0, 0]) == 0.0
