@@ -21,9 +21,10 @@ def get_config():
     config.sft.steps = 150
     config.rl.steps = 0
     config.preference = ml_collections.ConfigDict(dict(
-        # source "task": sampled from the SFT policy on training prompts; "jsonl": pairs from `path`.
-        pairs=dict(source="task", path="", prompts=3000, samples_per_prompt=8, max_new_tokens=6, temperature=1.0,
-                   test_size=200),
+        # source "task": sampled from the SFT policy on training prompts (up to pairs_per_prompt
+        # pairs each, one per distinct wrong sample); "jsonl": pairs from `path`.
+        pairs=dict(source="task", path="", prompts=3000, samples_per_prompt=8, pairs_per_prompt=1, max_new_tokens=6,
+                   temperature=1.0, test_size=200),
         policy=dict(loss="dpo", steps=300, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,
                     micro_batches=1, hparams=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)),
         reward_model=dict(steps=0, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,

@@ -157,7 +157,8 @@ def write_preference_jsonl(rows: Sequence[Mapping[str, Any]], path: str | os.Pat
 # -- the tfds builder -------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class PreferenceConfig(TaskConfig):
-    """path: a preference JSONL file; test_size: rows held out as "test" (a seeded split)."""
+    """path: a preference JSONL file; test_size: rows held out as "test" (a seeded split of the
+    prompts: every pair of a prompt falls on the same side, at least test_size rows in "test")."""
 
     path: str = ""
     test_size: int = 200
@@ -176,6 +177,7 @@ class PreferenceBuilder(TaskBuilder):
     """Preference pairs from a JSONL file, split into train and held-out test."""
 
     name = "rljax_preferences"
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: the test split holds whole prompts
     CONFIG_CLASS = PreferenceConfig
     BUILDER_CONFIGS = [PreferenceConfig()]
 
@@ -188,10 +190,21 @@ class PreferenceBuilder(TaskBuilder):
         if not config.path:
             raise ValueError("the preference builder needs path=<a preference JSONL file>")
         rows = read_preference_jsonl(config.path)
-        if config.test_size >= len(rows):
-            raise ValueError(f"test_size={config.test_size} leaves no training pairs out of {len(rows)}")
-        random.Random(config.seed).shuffle(rows)
-        return {"test": rows[:config.test_size], "train": rows[config.test_size:]}
+        # Split by prompt: a held-out pair whose prompt was also trained on (with another response)
+        # would overstate held-out accuracy.
+        groups: dict[str, list[Example]] = {}
+        for row in rows:
+            groups.setdefault(row["prompt"], []).append(row)
+        order = list(groups.values())
+        random.Random(config.seed).shuffle(order)
+        test: list[Example] = []
+        while order and len(test) < config.test_size:
+            test.extend(order.pop(0))
+        train = [row for group in order for row in group]
+        if not train:
+            raise ValueError(f"test_size={config.test_size} leaves no training pairs out of {len(rows)} "
+                             f"({len(groups)} prompts)")
+        return {"test": test, "train": train}
 
 
 def load_preferences(path: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
@@ -234,18 +247,24 @@ def unpaired(pairs: Sequence[Mapping[str, Any]]) -> UnpairedView:
 def sample_pairs(cfg, params, tokenizer, examples: Sequence[Mapping[str, Any]], key: jax.Array, *,
                  prompt_fn: Callable[[Mapping[str, Any]], str], reward_fn: Callable[[str, Mapping], float],
                  samples_per_prompt: int = 8, max_new_tokens: int = 8, temperature: float = 1.0,
-                 prompt_len: int | None = None, batch_size: int = 64) -> list[Example]:
+                 prompt_len: int | None = None, batch_size: int = 64, pairs_per_prompt: int = 1) -> list[Example]:
     """Preference pairs from a policy's own samples on a verifiable task.
 
     For each example, `samples_per_prompt` completions are sampled (`rljax.generate`, seeded by
-    `key`) and scored by `reward_fn(completion, example)` (1 = correct). chosen: the first correct
-    sample, or the reference answer (the example's `answer` after a space, `plain_target`'s form)
-    when no sample is correct; rejected: the first incorrect sample. Examples whose samples are
-    all correct give no pair. A response is the text the completion adds to the prompt
+    `key`) and scored by `reward_fn(completion, example)` (1 = correct). Each of the first
+    `pairs_per_prompt` distinct incorrect samples is a rejected response, paired with a chosen
+    one: the distinct correct samples in turn, or the reference answer (the example's `answer`
+    after a space, `plain_target`'s form) when no sample is correct. Examples whose samples are
+    all correct give no pair. Several comparisons per prompt, as InstructGPT's reward model
+    takes (Ouyang et al. 2022), give a reward model more of the policy's own mistakes to rank
+    for the same sampling cost. A response is the text the completion adds to the prompt
     (decode(prompt + completion) minus decode(prompt)), so prompt + response re-encodes as sampled.
 
-    Returns rows with the `FIELDS` (id, question and answer from the example).
+    Returns rows with the `FIELDS` (id, question and answer from the example); a prompt's first
+    pair has the example's id, its k-th (k >= 1) "<id>/<k>".
     """
+    if pairs_per_prompt < 1:
+        raise ValueError(f"pairs_per_prompt={pairs_per_prompt}: it must be at least 1")
     from rljax import generate  # noqa: PLC0415  (the model stack is only needed to sample)
 
     eos = set(tokenizer.eos_ids)
@@ -263,18 +282,18 @@ def sample_pairs(cfg, params, tokenizer, examples: Sequence[Mapping[str, Any]], 
         out, out_mask = np.asarray(gen.tokens), np.asarray(gen.mask)
         for i, (example, prompt, prompt_ids) in enumerate(zip(chunk, prompts, ids)):
             head = tokenizer.decode(prompt_ids)
-            correct, wrong = None, None
+            correct, wrong = [], []  # distinct responses, in sampling order
             for j in range(i * samples_per_prompt, (i + 1) * samples_per_prompt):
                 completion = [int(t) for t, m in zip(out[j], out_mask[j]) if m and int(t) not in eos]
                 response = tokenizer.decode(prompt_ids + completion)[len(head):]
-                if reward_fn(response, example) >= 1.0:
-                    correct = correct if correct is not None else response
-                elif wrong is None:
-                    wrong = response
-            if wrong is not None:
-                chosen = correct if correct is not None else f" {example['answer']}"
-                rows.append({"id": example["id"], "question": example["question"], "answer": str(example["answer"]),
-                             "prompt": prompt, "chosen": chosen, "rejected": wrong})
+                seen = correct if reward_fn(response, example) >= 1.0 else wrong
+                if response not in seen:
+                    seen.append(response)
+            chosen = correct or [f" {example['answer']}"]
+            for k, rejected in enumerate(wrong[:pairs_per_prompt]):
+                rows.append({"id": example["id"] if k == 0 else f"{example['id']}/{k}",
+                             "question": example["question"], "answer": str(example["answer"]), "prompt": prompt,
+                             "chosen": chosen[k % len(chosen)], "rejected": rejected})
     return rows
 
 

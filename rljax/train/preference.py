@@ -197,7 +197,8 @@ def preference_pairs(config, cfg, params, tokenizer, train_src, prompt_fn, seed:
         examples = PromptSampler(train_src, seed=seed).next_batch(min(p.prompts, len(train_src)))
         path = sampled_pairs_file(cfg, params, tokenizer, examples, seed, data_dir=config.task.data_dir,
                                   name=config.task.name, prompt_fn=prompt_fn, reward_fn=reward_fns["correct"],
-                                  samples_per_prompt=p.samples_per_prompt, max_new_tokens=p.max_new_tokens,
+                                  samples_per_prompt=p.samples_per_prompt, pairs_per_prompt=p.pairs_per_prompt,
+                                  max_new_tokens=p.max_new_tokens,
                                   temperature=p.temperature, prompt_len=config.data.max_prompt_tokens)
     else:
         raise ValueError(f"preference.pairs.source={p.source!r}: choose 'task' or 'jsonl'")

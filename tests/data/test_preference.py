@@ -83,6 +83,17 @@ def test_builder_splits_and_rebuilds_when_the_file_changes(tmp_path):
         preference.load_preferences(path, "train", data_dir, test_size=20)
 
 
+def test_the_held_out_split_keeps_every_pair_of_a_prompt_together(tmp_path):
+    rows = [{"id": f"p{i}/{k}", "prompt": f"Q{i}", "chosen": f" c{i}", "rejected": f" r{i}{k}"}
+            for i in range(12) for k in range(i % 3 + 1)]  # 1 to 3 pairs per prompt
+    path = _write(tmp_path, rows)
+    train, test = (list(preference.load_preferences(path, s, tmp_path / "tfds", test_size=5)) for s in ("train", "test"))
+    assert len(train) + len(test) == len(rows) and len(test) >= 5
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    counts = {r["prompt"]: sum(x["prompt"] == r["prompt"] for x in rows) for r in test}
+    assert all(sum(x["prompt"] == p for x in test) == n for p, n in counts.items())
+
+
 def test_unpaired_view():
     pairs = [{"id": f"p{i}", "question": "q", "answer": "1", "prompt": f"Q{i}", "chosen": f"c{i}",
               "rejected": f"r{i}"} for i in range(3)]
@@ -128,3 +139,25 @@ def test_sampled_pairs_are_correct_versus_incorrect_and_cached(arithmetic, tmp_p
     assert again == path and os.path.getmtime(path) == mtime  # cached, not sampled again
     other = preference.sampled_pairs_file(cfg, params, tokenizer, examples[:20], 2, data_dir=tmp_path, **kwargs)
     assert other != path
+
+
+def test_several_pairs_per_prompt_reject_distinct_wrong_samples(arithmetic):
+    examples, tokenizer, cfg, params, _ = arithmetic
+    reward_fn = math_reward_fn("plain")
+    kwargs = dict(prompt_fn=plain_prompt, reward_fn=reward_fn, samples_per_prompt=6, max_new_tokens=3,
+                  batch_size=16)
+    one = preference.sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1), **kwargs)
+    several = preference.sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1),
+                                      pairs_per_prompt=3, **kwargs)
+    assert len({r["id"] for r in several}) == len(several) > len(one)
+    by_id = {e["id"]: e for e in examples}
+    by_prompt = {}
+    for row in several:
+        example = by_id[row["id"].split("/")[0]]
+        assert reward_fn(row["chosen"], example) == 1.0 and reward_fn(row["rejected"], example) == 0.0
+        by_prompt.setdefault(row["prompt"], []).append(row["rejected"])
+    assert all(len(set(r)) == len(r) <= 3 for r in by_prompt.values())
+    assert [r for r in several if "/" not in r["id"]] == one  # a prompt's first pair is the one-pair draw
+    with pytest.raises(ValueError, match="pairs_per_prompt=0"):
+        preference.sample_pairs(cfg, params, tokenizer, examples[:2], jax.random.PRNGKey(1), pairs_per_prompt=0,
+                                **kwargs)
