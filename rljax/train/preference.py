@@ -54,7 +54,7 @@ REFERENCE_FREE = ("simpo", "orpo")
 
 
 # -- batches ----------------------------------------------------------------------------------------
-def encode_pairs(tokenizer, pairs: Sequence[Mapping[str, Any]], multiple_of: int = 16) -> dict[str, np.ndarray]:
+def encode_pairs(tokenizer, pairs: Sequence[Mapping[str, Any]], multiple_of: int = 8) -> dict[str, np.ndarray]:
     """Pairs -> tokens, attention_mask, loss_mask, each [B, 2, T] (axis 1: chosen, rejected):
     prompt + response + EOS, right-padded (`pad_sft`) to T, the longest row rounded up to
     `multiple_of` (few distinct shapes to compile); loss_mask on the response."""
@@ -65,7 +65,7 @@ def encode_pairs(tokenizer, pairs: Sequence[Mapping[str, Any]], multiple_of: int
     return {k: a.reshape(2, len(pairs), -1).transpose(1, 0, 2) for k, a in zip(names, arrays)}
 
 
-def encode_unpaired(tokenizer, rows: Sequence[Mapping[str, Any]], multiple_of: int = 16) -> dict[str, np.ndarray]:
+def encode_unpaired(tokenizer, rows: Sequence[Mapping[str, Any]], multiple_of: int = 8) -> dict[str, np.ndarray]:
     """Unpaired rows (`unpaired(pairs)`) -> tokens, attention_mask, loss_mask [B, T], desirable [B],
     and KTO's mismatched pairs (x_i, y_{i+1 mod B}) as kl_tokens, kl_attention_mask, kl_loss_mask
     (T as in `encode_pairs`, over both)."""
