@@ -2,7 +2,7 @@
 from a verifiable task, and the unpaired (KTO) view.
 
 One tfds builder, `rljax_preferences`, prepares any preference JSONL file into ArrayRecord
-splits "train" and "test" (a seeded split of the rows), cached under the data dir by a hash of
+splits "train" and "test" (a seeded split of the prompts), cached under the data dir by a hash of
 the file's content, like the task builders. Two kinds of file feed it:
 
 - a user's file in the HH-RLHF / UltraFeedback style (`load_preferences(path, split)`); each
@@ -157,8 +157,8 @@ def write_preference_jsonl(rows: Sequence[Mapping[str, Any]], path: str | os.Pat
 # -- the tfds builder -------------------------------------------------------------------------------
 @dataclasses.dataclass(eq=False)
 class PreferenceConfig(TaskConfig):
-    """path: a preference JSONL file; test_size: rows held out as "test" (a seeded split of the
-    prompts: every pair of a prompt falls on the same side, at least test_size rows in "test")."""
+    """path: a preference JSONL file; test_size: prompts held out as "test" with all their pairs (a
+    seeded split of the distinct prompts; with one pair per prompt, test_size rows)."""
 
     path: str = ""
     test_size: int = 200
@@ -177,7 +177,7 @@ class PreferenceBuilder(TaskBuilder):
     """Preference pairs from a JSONL file, split into train and held-out test."""
 
     name = "rljax_preferences"
-    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: the test split holds whole prompts
+    VERSION = tfds.core.Version("1.1.0")  # 1.1.0: the test split holds test_size whole prompts
     CONFIG_CLASS = PreferenceConfig
     BUILDER_CONFIGS = [PreferenceConfig()]
 
@@ -195,22 +195,20 @@ class PreferenceBuilder(TaskBuilder):
         groups: dict[str, list[Example]] = {}
         for row in rows:
             groups.setdefault(row["prompt"], []).append(row)
+        if config.test_size >= len(groups):
+            raise ValueError(f"test_size={config.test_size} leaves no training pairs: the file has "
+                             f"{len(groups)} distinct prompts ({len(rows)} pairs)")
         order = list(groups.values())
         random.Random(config.seed).shuffle(order)
-        test: list[Example] = []
-        while order and len(test) < config.test_size:
-            test.extend(order.pop(0))
-        train = [row for group in order for row in group]
-        if not train:
-            raise ValueError(f"test_size={config.test_size} leaves no training pairs out of {len(rows)} "
-                             f"({len(groups)} prompts)")
-        return {"test": test, "train": train}
+        flat = lambda gs: [row for group in gs for row in group]  # noqa: E731
+        return {"test": flat(order[:config.test_size]), "train": flat(order[config.test_size:])}
 
 
 def load_preferences(path: str | os.PathLike, split: str, data_dir: str | os.PathLike | None = None,
                      test_size: int = 200, seed: int = 0) -> TaskSource:
     """Split "train" or "test" of the preference JSONL file at `path` (prepared into `data_dir` on
-    first use; a changed file is a new dataset). Rows as in the module docstring."""
+    first use; a changed file is a new dataset): "test" holds `test_size` of its distinct prompts,
+    with all their pairs. Rows as in the module docstring."""
     return open_split(PreferenceBuilder, "preferences", split, data_dir, path=os.fspath(path),
                       test_size=test_size, seed=seed)
 

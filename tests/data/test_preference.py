@@ -88,10 +88,12 @@ def test_the_held_out_split_keeps_every_pair_of_a_prompt_together(tmp_path):
             for i in range(12) for k in range(i % 3 + 1)]  # 1 to 3 pairs per prompt
     path = _write(tmp_path, rows)
     train, test = (list(preference.load_preferences(path, s, tmp_path / "tfds", test_size=5)) for s in ("train", "test"))
-    assert len(train) + len(test) == len(rows) and len(test) >= 5
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert len(train) + len(test) == len(rows)
+    assert len({r["prompt"] for r in test}) == 5 and not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     counts = {r["prompt"]: sum(x["prompt"] == r["prompt"] for x in rows) for r in test}
     assert all(sum(x["prompt"] == p for x in test) == n for p, n in counts.items())
+    with pytest.raises(ValueError, match="test_size=12 leaves no training pairs: the file has 12 distinct prompts"):
+        preference.load_preferences(path, "train", tmp_path / "tfds", test_size=12)
 
 
 def test_unpaired_view():
