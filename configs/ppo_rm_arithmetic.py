@@ -1,7 +1,13 @@
 """Classic RLHF: PPO (Schulman et al. 2017) against the learned reward model of
 `reward_model_arithmetic`, with a per-token KL penalty toward the SFT policy in the reward
 (Ziegler et al. 2019), GAE and a value-head critic. The verifier's reward is logged
-(reward/true) but never given to the policy, so over-optimisation of the learned reward shows."""
+(reward/true) but never given to the policy, so over-optimisation of the learned reward shows.
+
+As in the main job, SFT ends at a tenth of its learning rate and PPO's decays to 0 by a cosine;
+each rollout gets one update (several, like fewer iterations, first cost held-out accuracy under
+the learned reward: experiments/results/ppo_rm_arithmetic_variants.json). About 9-10 minutes on
+a 2-core CPU.
+"""
 
 from configs import reward_model_arithmetic
 
@@ -9,9 +15,12 @@ from configs import reward_model_arithmetic
 def get_config():
     config = reward_model_arithmetic.get_config()
     config.model.overrides.value_head = True
-    config.preference.reward_model.update(steps=400, use_in_rl=True)  # 400 steps: RM + PPO fit in 10 minutes
-    config.rl.update(algorithm="ppo", policy_loss="ppo", agg="token-mean", steps=30, prompts_per_step=32,
-                     group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=2e-4, warmup_steps=10,
-                     beta=0.05, kl_in_reward=True, kl_estimator="k1", epochs=2, minibatches=2, value_coef=0.5,
-                     value_clip=0.2, gamma=1.0, lam=0.95)
+    config.data.max_prompt_tokens = 16  # every prompt is 15 tokens
+    config.sft.lr_final_fraction = 0.1
+    config.preference.reward_model.use_in_rl = True
+    config.rl.update(algorithm="ppo", policy_loss="ppo", agg="token-mean", steps=250, prompts_per_step=32,
+                     group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=2e-4, warmup_steps=25,
+                     lr_decay="cosine", beta=0.05, kl_in_reward=True, kl_estimator="k1", epochs=1, minibatches=1,
+                     value_coef=0.1, value_clip=0.2, gamma=1.0, lam=0.95)
+    config.eval.update(every=50, num_examples=500, batch_size=250)
     return config
