@@ -9,7 +9,7 @@ from configs import dpo_arithmetic
 def get_config():
     config = dpo_arithmetic.get_config()
     config.preference.policy.steps = 0
-    # Every distinct wrong sample of a prompt is a rejected answer (about 4 per prompt): with one
+    # Every distinct wrong sample of a prompt is a rejected answer (4-5 per prompt): with one
     # pair per prompt the 500 steps pass over the same 2,800 pairs 11 times.
     config.preference.pairs.pairs_per_prompt = 8
     config.preference.reward_model.update(steps=500, learning_rate=1e-3)
