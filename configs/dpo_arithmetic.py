@@ -27,7 +27,10 @@ def get_config():
                    temperature=1.0, test_size=200),
         policy=dict(loss="dpo", steps=300, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,
                     micro_batches=1, hparams=dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0)),
+        # use_in_rl: the trained reward model is RL's reward; init_critic: PPO's critic starts as
+        # a copy of it (InstructGPT's), instead of the policy's value head.
         reward_model=dict(steps=0, batch_size=64, learning_rate=3e-4, warmup_steps=10, weight_decay=0.0,
-                          micro_batches=1, eval_every=50, use_in_rl=False, hparams=dict(margin=0.0, center_coef=0.0, sft_coef=0.0)),
+                          micro_batches=1, eval_every=50, use_in_rl=False, init_critic=False,
+                          hparams=dict(margin=0.0, center_coef=0.0, sft_coef=0.0)),
     ))
     return config

@@ -133,6 +133,14 @@ def _consistency(config: dict) -> list[str]:
     for key, section in (("rl.steps", rl), ("sft.steps", sft)):
         if section.get("steps", 0) < 0:
             problems.append(f"{key}={section['steps']}: must be >= 0")
+    reward_model = config.get("preference", {}).get("reward_model", {})
+    if reward_model.get("init_critic"):
+        if rl.get("algorithm") != "ppo":
+            problems.append("preference.reward_model.init_critic makes PPO's critic: set rl.algorithm='ppo' "
+                            "or init_critic=False")
+        if reward_model.get("steps", 0) <= 0:
+            problems.append("preference.reward_model.init_critic needs a trained reward model: set "
+                            "preference.reward_model.steps > 0")
     data_parallel = _data_parallel(config.get("mesh", {}), problems)
     if data_parallel is not None and data_parallel > 1:
         problems += _batch_split(config, data_parallel)

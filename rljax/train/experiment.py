@@ -41,6 +41,7 @@ from rljax.train.config_check import check_config
 from rljax.train.faults import NonFiniteGuard, Preempted, Preemption
 from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
 from rljax.train import preference
+from rljax.train import reward_model as reward_model_lib
 from rljax.train.optim import make_optimizer
 from rljax.train.rl import RLConfig, RLTrainer, evaluate
 from rljax.train.sharded import MeshStep
@@ -257,14 +258,24 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
         params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft, mesh, preemption)
         results.update(sft_info)
 
+    # PPO's critic: the policy's value head, or a separate network that starts as a copy of the
+    # reward model the preference stage trains (InstructGPT's).
+    init_critic = "preference" in config and config.preference.reward_model.init_critic
+    critic_cfg = reward_model_lib.value_model_config(cfg) if init_critic else None
     trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens,
-                        guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite), mesh=mesh)
+                        critic_cfg=critic_cfg, guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite),
+                        mesh=mesh)
+    critic_params = None
     evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
     if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
-        params, trainer.reward_model, preference_info = preference.run_stages(
+        params, reward_model, preference_info = preference.run_stages(
             config, workdir, cfg, params, tokenizer, train_src, prompt_fn, evaluate_now,
             jax.random.fold_in(key, 3), functools.partial(_Stage, preemption=preemption))
         results.update(preference_info)
+        if init_critic:  # config_check made sure that there is a reward model
+            critic_params = reward_model_lib.critic_from_reward_model(critic_cfg, reward_model[1])
+        if reward_model is not None and config.preference.reward_model.use_in_rl:
+            trainer.reward_model = reward_model_lib.reward_function(*reward_model)
     before = evaluate_now(params)
     results["accuracy_before_rl"] = before["eval/accuracy"]
     # The frozen reference is the policy at the start of RL: a copy, since the train step donates
@@ -274,7 +285,7 @@ def _run(config, workdir: str, preemption: Preemption) -> dict:
     # RL iteration `it` is logged after its update, at x = sft.steps + 1 + it; x = sft.steps holds
     # the evaluation of the starting policy.
     state_key, k_rl = jax.random.split(k_rl)
-    stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key), sampler,
+    stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key, critic_params), sampler,
                    config.sft.steps + 1, preemption, first_logged=config.sft.steps)
     if stage.start == 0 and stage.logger is not None:
         stage.logger.log(config.sft.steps, before, advance=False)

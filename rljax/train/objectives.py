@@ -10,12 +10,14 @@ An objective maps (networks' outputs, micro-batch, global counts) to (loss, metr
 Batch keys read: loss_mask, advantages, and as needed old_logp, ref_logp, sampler_logp,
 old_values, returns. Without old_logp, π_old is the policy being updated (the one update of an
 on-policy rollout): its log-probs are the step's own, without gradient, and with sampler_logp the
-step logs the sampler/trainer mismatch (`sampler_mismatch`).
+step logs the sampler/trainer mismatch (`sampler_mismatch`). Without advantages, the objective's
+`advantages_fn` computes them (and returns, old_values) from that same forward pass, as
+`rljax.train.rl.in_step_advantages` does for PPO.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +60,14 @@ def make_objective(
     is_correction: str | None = None,
     is_level: str = "token",
     is_cap: float = 2.0,
+    advantages_fn: Callable[[Forward, Batch], tuple[dict, dict]] | None = None,
     **policy_hparams: Any,
 ) -> Objective:
     """Builds an objective. `policy_hparams` go to the policy loss (clip_eps, beta, kl, ...).
+
+    advantages_fn(fwd, batch) -> (arrays, metrics), for a batch without advantages: the
+    advantages (and whatever else the losses read, e.g. returns and old_values) from the step's
+    own forward pass; its metrics join the step's.
 
     is_correction ("truncate" or "mask") reweights tokens by π_old / π_sampler
     (`losses.importance_weights`) to correct for a sampler whose log-probs differ from the
@@ -75,10 +82,15 @@ def make_objective(
         mask = batch["loss_mask"]
         reduce = dict(agg=agg, norm_len=norm_len, **counts)
         own_metrics = {}
+        if "advantages" not in batch:
+            if advantages_fn is None:
+                raise ValueError("the batch has no advantages and the objective no advantages_fn")
+            arrays, own_metrics = advantages_fn(fwd, batch)
+            batch = {**batch, **arrays}
         if "old_logp" not in batch:  # π_old = π_θ: the same numbers as a second forward pass
             batch = {**batch, "old_logp": jax.lax.stop_gradient(fwd.logp)}
             if "sampler_logp" in batch:
-                own_metrics = sampler_mismatch(batch["old_logp"], batch["sampler_logp"], mask)
+                own_metrics = {**own_metrics, **sampler_mismatch(batch["old_logp"], batch["sampler_logp"], mask)}
         is_weights, is_metrics = None, {}
         if is_correction is not None:
             is_weights, is_metrics = losses.importance_weights(

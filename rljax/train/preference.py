@@ -214,9 +214,10 @@ def run_stages(config, workdir: str, cfg: ModelConfig, params, tokenizer, train_
     2. `policy` (steps > 0): the preference loss on the policy, the SFT policy as the frozen
        reference; greedy held-out accuracy (`evaluate`) before and after;
     3. `reward_model` (steps > 0): a Bradley-Terry reward model (`rljax.train.reward_model`) with
-       held-out pairwise accuracy; with `use_in_rl`, it becomes the RL reward.
+       held-out pairwise accuracy (the experiment makes it the RL reward with `use_in_rl`, and
+       PPO's critic with `init_critic`).
     `stage_cls` is the experiment's checkpointing stage (`rljax.train.experiment._Stage`).
-    Returns (policy params, the learned reward function or None, results).
+    Returns (policy params, the reward model as (cfg, params) or None, results).
     """
     pref = config.preference
     t0 = time.perf_counter()
@@ -224,7 +225,7 @@ def run_stages(config, workdir: str, cfg: ModelConfig, params, tokenizer, train_
     train_pairs, test_pairs = preference_pairs(config, cfg, params, tokenizer, train_src, prompt_fn, config.seed)
     results: dict[str, Any] = {"preference_pairs": {"train": len(train_pairs), "test": len(test_pairs)},
                                "preference_pairs_seconds": time.perf_counter() - t0}
-    reward_fn = None
+    reward_model = None
 
     if (p := pref.policy).steps > 0:
         loss, hparams = p.loss, dict(p.hparams)
@@ -268,7 +269,6 @@ def run_stages(config, workdir: str, cfg: ModelConfig, params, tokenizer, train_
         state = _train_loop(stage, r.steps, r.batch_size, encode, step, k_rm, "rm", accuracy, r.eval_every)
         results["pairwise_accuracy"] = accuracy(state.params)["eval/pairwise_accuracy"]
         results["reward_model_curves"] = _curves(stage_dir, f"{config.task.name}: reward model")
-        if r.use_in_rl:
-            reward_fn = rm.reward_function(rm_cfg, state.params)
+        reward_model = (rm_cfg, state.params)
     results["preference_seconds"] = time.perf_counter() - t0
-    return params, reward_fn, results
+    return params, reward_model, results

@@ -33,15 +33,30 @@ from rljax.train.state import TrainState
 from rljax.train.steps import Batch, Step, _update, accumulate_gradients, head_logprobs
 
 
+def value_model_config(cfg: ModelConfig, lm_head: bool = False) -> ModelConfig:
+    """`cfg`'s trunk with a scalar value head, and its LM head only with `lm_head`: the config
+    of a reward model, or of a critic."""
+    return dataclasses.replace(cfg, value_head=True, lm_head=lm_head)
+
+
 def init_reward_model(cfg: ModelConfig, params, key: jax.Array, lm_head: bool = False) -> tuple[ModelConfig, dict]:
-    """A reward model on the policy's trunk: `cfg` with a value head (and the LM head only with
-    `lm_head`, for `sft_coef`), its other weights copied from `params` (e.g. the SFT policy, as in
-    Ouyang et al. 2022) and a freshly initialised value head."""
-    rm_cfg = dataclasses.replace(cfg, value_head=True, lm_head=lm_head)
+    """A reward model on the policy's trunk: `value_model_config(cfg, lm_head)` (the LM head for
+    `sft_coef`), its other weights copied from `params` (e.g. the SFT policy, as in Ouyang et al.
+    2022) and a freshly initialised value head."""
+    rm_cfg = value_model_config(cfg, lm_head)
     fresh = models.init(rm_cfg, key)
     rm_params = {k: jax.tree.map(jnp.copy, params[k]) if k in params and k != "value_head" else v
                  for k, v in fresh.items()}
     return rm_cfg, rm_params
+
+
+def critic_from_reward_model(critic_cfg: ModelConfig, rm_params) -> dict:
+    """PPO's critic initialised from the reward model (Ouyang et al. 2022, InstructGPT: "we
+    initialize the value function from the RM"): the params of `critic_cfg`
+    (`value_model_config` of the reward model's trunk) copied from the reward model's, its LM
+    head left out. A copy, so that training the critic leaves the reward model as it was."""
+    wanted = jax.eval_shape(lambda: models.init(critic_cfg, jax.random.PRNGKey(0)))
+    return {k: jax.tree.map(jnp.copy, rm_params[k]) for k in wanted}
 
 
 def pair_rewards(cfg: ModelConfig, params, tokens: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -16,6 +16,7 @@ checkpoint, so a resumed run repeats exactly what an uninterrupted one would hav
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,6 +74,10 @@ class RLConfig:
     is_correction: str | None = None  # "truncate" / "mask": sampler/trainer importance weights
     dynamic_sampling: bool = False
     max_sampling_rounds: int = 3
+    # A learned reward (RLTrainer(reward_model=...)): minus each group's mean, since a
+    # Bradley-Terry reward is identified only up to a constant per prompt; False leaves that
+    # constant to a critic (e.g. one initialised from the reward model, which predicts it).
+    center_learned_reward: bool = True
     # PPO
     value_coef: float = 0.5
     value_clip: float | None = 0.2
@@ -103,8 +108,53 @@ def validate(rl: RLConfig) -> None:
         raise ValueError("rl.is_correction compares trainer and sampler log-probs: set rl.old_logp='trainer'")
 
 
+def rollout_advantages(rl: RLConfig, scores, mask, old_logp=None, ref_logp=None, values=None, greedy=None):
+    """Step 5 of the loop, pure: a rollout's advantages and the arrays its update reads with them.
+
+    With the KL in the reward (rl.kl_in_reward, rl.beta = β > 0) each token pays β·kl_t,
+    kl_t = kl_estimate(log π_old, log π_ref)_t (Ziegler et al. 2019 use k1: log π_old − log π_ref).
+      ppo:  r_t = −β·kl_t + [t = last real token]·score, GAE(γ, λ) on the critic's values
+            (Schulman et al. 2016), the advantages whitened over the batch's real tokens
+            (rl.whiten_advantages) -> advantages, returns, old_values [B·G, T];
+      grpo family: the estimator's advantages (`rollout.sequence_advantages`) of the scores
+            minus β·Σ_t kl_t, over groups [B, G] -> advantages [B·G].
+    scores: [B·G]; mask: the loss mask [B·G, T]; old_logp, ref_logp, values: [B·G, T], needed
+    only by the KL and by PPO; greedy: ReMax's greedy rewards [B].
+    Returns (arrays, metrics): metrics holds `kl`, the penalised KL's token mean, when there is one.
+    """
+    metrics = {}
+    penalised = rl.kl_in_reward and rl.beta
+    if penalised:
+        kl = losses.kl_estimate(old_logp, ref_logp, rl.kl_estimator)
+        metrics["kl"] = losses.aggregate(kl, mask, "token-mean")
+    if rl.algorithm == "ppo":
+        token_rewards = (losses.kl_penalized_rewards(scores, old_logp, ref_logp, mask, rl.beta, rl.kl_estimator)
+                         if penalised else losses.last_token_rewards(scores, mask))
+        advantages, returns = losses.gae(token_rewards, values, mask, rl.gamma, rl.lam)
+        if rl.whiten_advantages:
+            advantages = losses.whiten(advantages, mask)
+        return {"advantages": advantages, "returns": returns, "old_values": values}, metrics
+    if penalised:
+        scores = scores - rl.beta * losses.seq_sum(kl, mask)
+    B, G = rl.prompts_per_step, rl.group_size
+    advantages = rollout.sequence_advantages(rl.estimator, scores.reshape(B, G), greedy)
+    return {"advantages": advantages.reshape(-1)}, metrics
+
+
+def in_step_advantages(rl: RLConfig, fwd, batch):
+    """PPO's advantages inside the one update of an on-policy rollout: π_old and V_old are the
+    networks being updated, so the step's own forward pass (gradient stopped) gives the old
+    log-probs and values that `rollout_advantages` reads, and no separate pass is needed. The
+    batch carries the scores (and ref_logp); whitening spans the batch the step sees, so the
+    trainer uses this only without micro-batches."""
+    stop = jax.lax.stop_gradient
+    return rollout_advantages(rl, batch["scores"], batch["loss_mask"], stop(fwd.logp), batch.get("ref_logp"),
+                              stop(fwd.values))
+
+
 def make_rl_objective(rl: RLConfig):
-    """The objective of `rl` (policy loss, KL in the loss unless in the reward, entropy, critic)."""
+    """The objective of `rl` (policy loss, KL in the loss unless in the reward, entropy, critic).
+    PPO's computes the advantages itself (`in_step_advantages`) from a batch that has none."""
     kl_in_loss = rl.beta if not rl.kl_in_reward else 0.0
     policy = "ppo" if rl.algorithm == "ppo" else rl.policy_loss
     hparams: dict[str, Any] = {}
@@ -118,7 +168,8 @@ def make_rl_objective(rl: RLConfig):
     return make_objective(
         policy, agg=rl.agg, norm_len=rl.max_new_tokens, kl_coef=kl_in_loss, kl_estimator=rl.kl_estimator,
         entropy_coef=rl.entropy_coef, value_coef=rl.value_coef if rl.algorithm == "ppo" else 0.0,
-        value_clip=rl.value_clip, is_correction=rl.is_correction, **hparams,
+        value_clip=rl.value_clip, is_correction=rl.is_correction,
+        advantages_fn=functools.partial(in_step_advantages, rl) if rl.algorithm == "ppo" else None, **hparams,
     )
 
 
@@ -156,11 +207,15 @@ class RLTrainer:
         if rl.algorithm == "ppo" and critic_cfg is None and not cfg.value_head:
             raise ValueError("PPO needs a critic: set model.value_head=True (shared trunk) or a critic config")
         updates = rl.steps * rl.epochs * rl.minibatches
-        # With one update per rollout the trainer's old log-probs are those of the params being
-        # updated, so the step takes them from its own forward pass (no second one), unless they
-        # are needed before it: in PPO's or a KL-shaped reward.
-        self.old_logp_in_step = (rl.old_logp == "trainer" and rl.epochs * rl.minibatches == 1
-                                 and rl.algorithm != "ppo" and not (rl.kl_in_reward and rl.beta))
+        # With one update per rollout the trainer's old log-probs (and PPO's old values) are those
+        # of the params being updated, so the step takes them from its own forward pass instead of
+        # a second one. PPO's advantages then come from the step too (`in_step_advantages`; their
+        # whitening needs the whole batch in one micro-batch); the other estimators compute theirs
+        # before the step, so a KL-shaped reward there still needs the separate pass.
+        one_update = rl.old_logp == "trainer" and rl.epochs * rl.minibatches == 1
+        self.advantages_in_step = one_update and rl.algorithm == "ppo" and rl.micro_batches == 1
+        self.old_logp_in_step = self.advantages_in_step or (one_update and rl.algorithm != "ppo"
+                                                            and not (rl.kl_in_reward and rl.beta))
         self.optimizer = make_optimizer(rl.learning_rate, total_steps=updates, warmup_steps=rl.warmup_steps,
                                         decay=rl.lr_decay, weight_decay=rl.weight_decay, clip_norm=rl.clip_norm)
         step = make_policy_step(cfg, self.optimizer, make_rl_objective(rl), rl.micro_batches, critic_cfg,
@@ -175,6 +230,7 @@ class RLTrainer:
         forward = lambda c, p, batch, critic_cfg: run_networks(c, p, batch, critic_cfg,  # noqa: E731
                                                                 logp_where=batch["loss_mask"])
         self._forward = on_mesh(self.mesh)(jax.jit(forward, static_argnums=(0, 3)))
+        self._advantages = on_mesh(self.mesh)(jax.jit(rollout_advantages, static_argnums=0))
 
     # -- state --------------------------------------------------------------------------------
     def init_state(self, params, key, critic_params=None) -> TrainState:
@@ -223,9 +279,9 @@ class RLTrainer:
                 learned = self.reward_model(seqs["tokens"], seqs["attention_mask"])
                 metrics_r = {**metrics_r, "reward/true": float(np.mean(rewards)),
                              "reward/learned": float(np.mean(learned))}
-                # A Bradley-Terry reward is identified only up to a constant per prompt: remove it
-                # (each group's mean), so the advantages compare the answers to one prompt.
-                rewards = learned - (learned.reshape(B, G).mean(1).repeat(G) if G > 1 else 0.0)
+                # rl.center_learned_reward: the advantages then compare the answers to one prompt.
+                center = rl.center_learned_reward and G > 1
+                rewards = learned - (learned.reshape(B, G).mean(1).repeat(G) if center else 0.0)
             informative = rollout.informative_groups(rewards.reshape(B, G))
             for i in range(B):
                 group = {k: v[i * G:(i + 1) * G] for k, v in seqs.items()}
@@ -257,36 +313,22 @@ class RLTrainer:
                                                  ("tokens", "attention_mask", "loss_mask", "sampler_logp"))
         rows = {"tokens": tokens, "attention_mask": attn, "loss_mask": loss_mask}
         train = {**rows, "sampler_logp": sampler_logp}
-        metrics = {}
-        if self.old_logp_in_step:  # the step's forward pass gives them, and the mismatch
-            old_logp = None
-        else:
+        metrics, old_logp, values = {}, None, None
+        if not self.old_logp_in_step:  # else the step's forward pass gives them, and the mismatch
             current = self._forward(cfg, state.params, rows, self.critic_cfg)
             metrics = sampler_mismatch(current.logp, sampler_logp, loss_mask)
             old_logp = train["old_logp"] = current.logp if rl.old_logp == "trainer" else sampler_logp
+            values = current.values
         if rl.beta:
             train["ref_logp"] = self._forward(cfg, ref_params, rows, None).logp
-        scores = jnp.asarray(rewards)
-        if rl.kl_in_reward and rl.beta:  # Ziegler et al.'s k1 penalty; with the KL in the loss, the objective logs it
-            kl = losses.kl_estimate(old_logp, train["ref_logp"], "k1")
-            metrics["kl"] = losses.aggregate(kl, loss_mask, "token-mean")
-        if rl.algorithm == "ppo":
-            values = current.values
-            ref_logp = train.get("ref_logp", old_logp)
-            token_rewards = losses.kl_penalized_rewards(scores, old_logp, ref_logp, loss_mask, rl.beta,
-                                                        kind="k1")
-            advantages, returns = losses.gae(token_rewards, values, loss_mask, rl.gamma, rl.lam)
-            if rl.whiten_advantages:
-                advantages = losses.whiten(advantages, loss_mask)
-            train.update(advantages=advantages, returns=returns, old_values=values)
+        scores = place_rows(np.asarray(rewards, np.float32), self.mesh)
+        if self.advantages_in_step:
+            train["scores"] = scores
         else:
-            if rl.kl_in_reward and rl.beta:
-                scores = scores - rl.beta * losses.seq_sum(kl, loss_mask)
-            B, G = rl.prompts_per_step, rl.group_size
-            advantages = rollout.sequence_advantages(
-                rl.estimator, scores.reshape(B, G), None if greedy is None else jnp.asarray(greedy)
-            )
-            train["advantages"] = advantages.reshape(-1)
+            arrays, adv_metrics = self._advantages(rl, scores, loss_mask, old_logp, train.get("ref_logp"), values,
+                                                   None if greedy is None else jnp.asarray(greedy))
+            train.update(arrays)
+            metrics.update(adv_metrics)
         return train, metrics
 
     def update(self, state: TrainState, train: dict, key) -> tuple[TrainState, list[dict]]:

@@ -20,10 +20,10 @@ def test_every_shipped_config_passes(path):
     check_config(load_config(path), base.get_config())
 
 
-def _config(**changes):
-    """The main job's config as a plain dict (what a notebook might pass: ConfigDict itself
-    refuses some wrong types on assignment), with `section__key=value` changes."""
-    config = load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py")).to_dict()
+def _config(name="grpo_arithmetic", **changes):
+    """A shipped config (by default the main job's) as a plain dict (what a notebook might pass:
+    ConfigDict itself refuses some wrong types on assignment), with `section__key=value` changes."""
+    config = load_config(os.path.join(ROOT, "configs", f"{name}.py")).to_dict()
     for dotted, value in changes.items():
         *sections, key = dotted.split("__")
         target = config
@@ -63,6 +63,17 @@ def _config(**changes):
 def test_bad_settings_are_named_with_the_fix(changes, message):
     with pytest.raises(ConfigError, match=message):
         check_config(_config(**changes), base.get_config())
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"rl__algorithm": "grpo"}, r"init_critic makes PPO's critic: set rl\.algorithm='ppo'"),
+    ({"preference__reward_model__steps": 0}, r"init_critic needs a trained reward model: set "
+                                              r"preference\.reward_model\.steps > 0"),
+])
+def test_a_critic_from_the_reward_model_needs_ppo_and_a_reward_model(changes, message):
+    config = _config("ppo_rm_arithmetic", preference__reward_model__init_critic=True, **changes)
+    with pytest.raises(ConfigError, match=message):
+        check_config(config, base.get_config())
 
 
 def test_a_mesh_axis_of_minus_one_takes_the_devices_the_others_leave(monkeypatch):

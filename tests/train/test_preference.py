@@ -232,3 +232,33 @@ def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path):
     assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/correct"} <= set(rl[0])
     assert abs(rl[0]["reward_mean"]) < 1e-5  # the policy sees the learned reward, centred in each group
     assert rl[0]["reward/true"] == pytest.approx(rl[0]["reward/correct"])
+
+
+def test_ppo_critic_from_the_reward_model_starts_as_its_copy(tmp_path, monkeypatch):
+    from tests.test_configs import ROOT, load_config, shrink  # noqa: PLC0415
+
+    from rljax.train import experiment, rl  # noqa: PLC0415
+
+    config = shrink(load_config(os.path.join(ROOT, "configs", "ppo_rm_arithmetic.py")), real_model=False)
+    config.preference.reward_model.init_critic = True  # the reward model keeps its LM head (sft_coef > 0)
+    config.model.overrides.value_head = False  # the policy needs no value head of its own
+    made, started = [], []
+    make_critic = reward_model.critic_from_reward_model
+    monkeypatch.setattr(reward_model, "critic_from_reward_model",
+                        lambda *rm: made.append((rm, make_critic(*rm))) or made[-1][1])
+    init_state = rl.RLTrainer.init_state
+
+    def keep_critic(self, *args):  # a host copy: the train step donates the state's buffers
+        state = init_state(self, *args)
+        started.append(jax.tree.map(np.array, state.params["critic"]))
+        return state
+
+    monkeypatch.setattr(rl.RLTrainer, "init_state", keep_critic)
+    experiment.run(config, str(tmp_path))
+    [((critic_cfg, rm_params), _)] = made
+    assert not critic_cfg.lm_head and critic_cfg.value_head
+    [critic] = started
+    assert set(critic) == set(rm_params) - {"lm_head"}
+    jax.tree.map(np.testing.assert_array_equal, critic, {k: rm_params[k] for k in critic})
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any("value/explained_variance" in r for r in rows)
