@@ -219,18 +219,24 @@ def test_encode_pairs_and_unpaired_layout():
     np.testing.assert_array_equal(enc["kl_tokens"][3, :3], tok.encode("xc") + [1])
 
 
-def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path):
+@pytest.mark.parametrize("centred", [True, False])
+def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path, centred):
     from tests.test_configs import ROOT, load_config, shrink  # noqa: PLC0415
 
     from rljax.train import experiment  # noqa: PLC0415
 
     config = shrink(load_config(os.path.join(ROOT, "configs", "ppo_rm_arithmetic.py")), real_model=False)
+    config.rl.center_learned_reward = centred
     results = experiment.run(config, str(tmp_path))
     assert 0.0 <= results["pairwise_accuracy"] <= 1.0
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     rl = [r for r in rows if "reward_mean" in r]
     assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/correct"} <= set(rl[0])
-    assert abs(rl[0]["reward_mean"]) < 1e-5  # the policy sees the learned reward, centred in each group
+    if centred:  # the policy sees the learned reward, centred in each group
+        assert abs(rl[0]["reward_mean"]) < 1e-5
+    else:  # the learned reward itself (in the config, the critic's to predict)
+        assert rl[0]["reward_mean"] == pytest.approx(rl[0]["reward/learned"], rel=1e-5, abs=1e-6)
+        assert abs(rl[0]["reward_mean"]) > 1e-3
     assert rl[0]["reward/true"] == pytest.approx(rl[0]["reward/correct"])
 
 
