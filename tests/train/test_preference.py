@@ -234,7 +234,7 @@ def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path, centred):
     assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/correct"} <= set(rl[0])
     if centred:  # the policy sees the learned reward, centred in each group
         assert abs(rl[0]["reward_mean"]) < 1e-5
-    else:  # the learned reward itself (in the config, the critic's to predict)
+    else:  # the learned reward itself, its per-prompt constant left to the critic
         assert rl[0]["reward_mean"] == pytest.approx(rl[0]["reward/learned"], rel=1e-5, abs=1e-6)
         assert abs(rl[0]["reward_mean"]) > 1e-3
     assert rl[0]["reward/true"] == pytest.approx(rl[0]["reward/correct"])
@@ -246,7 +246,7 @@ def test_ppo_critic_from_the_reward_model_starts_as_its_copy(tmp_path, monkeypat
     from rljax.train import experiment, rl  # noqa: PLC0415
 
     config = shrink(load_config(os.path.join(ROOT, "configs", "ppo_rm_arithmetic.py")), real_model=False)
-    config.preference.reward_model.init_critic = True  # the reward model keeps its LM head (sft_coef > 0)
+    config.preference.reward_model.init_critic = True  # the config's reward model has an LM head (sft_coef)
     config.model.overrides.value_head = False  # the policy needs no value head of its own
     made, started = [], []
     make_critic = reward_model.critic_from_reward_model
