@@ -7,7 +7,8 @@ One iteration (Shao et al. 2024's GRPO loop; PPO with a critic when `algorithm="
   4. trainer log-probs of the samples (old policy; the sampler/trainer mismatch is logged; with
      one update per rollout, the update's own forward pass gives them), reference log-probs for
      the KL, critic values for PPO;
-  5. advantages (group-relative estimators, or GAE on KL-shaped token rewards for PPO);
+  5. advantages (group-relative estimators, or GAE on KL-shaped token rewards for PPO, which
+     computes them inside its one update when there is only one: `in_step_advantages`);
   6. `epochs` passes over the batch in `minibatches` shuffled mini-batches of policy updates.
 Iteration i uses PRNG key fold_in(seed_key, i) and the prompt sampler's position from the
 checkpoint, so a resumed run repeats exactly what an uninterrupted one would have done.
