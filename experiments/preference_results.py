@@ -41,6 +41,14 @@ def _override(config, assignment: str):
     node[leaf] = value
 
 
+def _moving_average(values, width: int) -> np.ndarray:
+    """The mean of each value and the up to width - 1 before it."""
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - width, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
 def _plot_rewards(per_seed_rows: dict, path: str):
     """The learned reward the policy maximises beside the verifier's (true) reward it never sees,
     one line per seed."""
@@ -49,7 +57,7 @@ def _plot_rewards(per_seed_rows: dict, path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (left, right, agree) = plt.subplots(1, 3, figsize=(15, 3.6))
     for seed, rows in per_seed_rows.items():
         rl = [r for r in rows if "reward/learned" in r]
         evals = [r for r in rows if "eval/accuracy" in r]
@@ -58,9 +66,13 @@ def _plot_rewards(per_seed_rows: dict, path: str):
                    label=f"seed {seed}: sampled responses (T=1)")
         right.plot([r["step"] for r in evals], [r["eval/accuracy"] for r in evals], marker="o", ms=3,
                    color=line.get_color(), label=f"seed {seed}: held-out, greedy")
+        agreed = [r for r in rl if np.isfinite(r.get("reward/agreement", np.nan))]
+        agree.plot([r["step"] for r in agreed], _moving_average([r["reward/agreement"] for r in agreed], 10), lw=1,
+                   color=line.get_color(), label=f"seed {seed}")
     left.set_title("learned reward (reward model), sampled responses")
     right.set_title("true reward (verifier; never seen by the policy)")
-    for ax in (left, right):
+    agree.set_title("reward model's pairwise accuracy on the rollouts\n(moving average of 10)", fontsize=10)
+    for ax in (left, right, agree):
         ax.set_xlabel("step (SFT steps, then PPO iterations)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -82,6 +94,9 @@ def _figures(which: str, results: dict, rows: list) -> dict:
                 reward_model_pairwise_accuracy=results["pairwise_accuracy"],
                 sampled_true_reward_first=rl[0]["reward/true"], sampled_true_reward_last=rl[-1]["reward/true"],
                 learned_reward_first=rl[0]["reward/learned"], learned_reward_last=rl[-1]["reward/learned"],
+                # The reward model's pairwise accuracy on the policy's samples, first and last 10 rollouts.
+                rollout_agreement_first=float(np.nanmean([r.get("reward/agreement", np.nan) for r in rl[:10]])),
+                rollout_agreement_last=float(np.nanmean([r.get("reward/agreement", np.nan) for r in rl[-10:]])),
                 eval_accuracy_by_step={r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r})
 
 

@@ -183,7 +183,8 @@ class RLTrainer:
       after too many in a row (default: `NonFiniteGuard()`).
     reward_model: a learned reward, (tokens [B, T], attention_mask [B, T]) -> [B] (e.g.
       `rljax.train.reward_model.reward_function`): when set, the policy is trained on it, and the
-      reward functions' score is only logged (reward/true; reward/learned is the model's).
+      reward functions' score is only logged (reward/true; reward/learned is the model's;
+      reward/agreement, its pairwise accuracy on the rollout: `rollout.pairwise_agreement`).
     mesh: the devices to run on (`rljax.sharding.make_mesh`; default: this process's first device).
       On more than one device the params passed in must already be sharded
       (`sharding.shard_params`); the policy step is `shard_train_step`'s, and generation and the
@@ -279,7 +280,9 @@ class RLTrainer:
             if self.reward_model is not None:  # the learned reward replaces the verifier's, only logged
                 learned = self.reward_model(seqs["tokens"], seqs["attention_mask"])
                 metrics_r = {**metrics_r, "reward/true": float(np.mean(rewards)),
-                             "reward/learned": float(np.mean(learned))}
+                             "reward/learned": float(np.mean(learned)),
+                             "reward/agreement": rollout.pairwise_agreement(rewards.reshape(B, G),
+                                                                            learned.reshape(B, G))}
                 # rl.center_learned_reward: the advantages then compare the answers to one prompt.
                 center = rl.center_learned_reward and G > 1
                 rewards = learned - (learned.reshape(B, G).mean(1).repeat(G) if center else 0.0)

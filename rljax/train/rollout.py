@@ -77,6 +77,19 @@ def informative_groups(rewards: np.ndarray) -> np.ndarray:
     return np.ptp(rewards, axis=1) > 0
 
 
+def pairwise_agreement(true_rewards: np.ndarray, learned_rewards: np.ndarray) -> float:
+    """How often a learned reward ranks two samples of one prompt as the true reward does: over
+    the pairs (i, j) of a group [B, G] with true_i > true_j, the fraction with learned_i >
+    learned_j (a tie counts one half). It is the reward model's pairwise accuracy on the policy's
+    own samples, so a fall during RL marks over-optimisation (Gao et al. 2023). NaN when no
+    group has two different true rewards."""
+    t, s = np.asarray(true_rewards, np.float64), np.asarray(learned_rewards, np.float64)
+    ordered = t[:, :, None] > t[:, None, :]  # [B, G, G]: pairs the true reward ranks
+    won = np.sign(s[:, :, None] - s[:, None, :]) * 0.5 + 0.5  # 1, 0.5 on a tie, 0
+    n = ordered.sum()
+    return float((won * ordered).sum() / n) if n else float("nan")
+
+
 def group_examples(examples: Sequence[Mapping[str, Any]], num_samples: int) -> list[Mapping[str, Any]]:
     """Repeats each example for its G samples, in generation order (sample i·G+j of prompt i)."""
     return [ex for ex in examples for _ in range(num_samples)]

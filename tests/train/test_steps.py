@@ -178,3 +178,28 @@ def test_remax_needs_greedy_rewards_and_unknown_estimators_fail():
 def test_informative_groups():
     rewards = np.array([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(rollout.informative_groups(rewards), [False, True, False])
+
+
+def _agreement_by_loops(true, learned):
+    won = total = 0.0
+    for t, s in zip(true, learned):
+        for i in range(len(t)):
+            for j in range(len(t)):
+                if t[i] > t[j]:
+                    total += 1
+                    won += 1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0
+    return won / total
+
+
+def test_pairwise_agreement_is_the_learned_rewards_accuracy_on_pairs_the_true_reward_ranks():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 3, (5, 6)).astype(float)  # graded, with ties, so ties in `true` are skipped
+    learned = np.round(rng.normal(size=(5, 6)), 1)  # rounded, so `learned` has ties too
+    learned[0, :2] = 0.3
+    assert rollout.pairwise_agreement(true, learned) == pytest.approx(_agreement_by_loops(true, learned))
+    assert rollout.pairwise_agreement(true, true) == 1.0
+    assert rollout.pairwise_agreement(true, -true) == 0.0
+    # Only pairs within a group count: a learned reward that ranks the groups wrongly but each
+    # group rightly agrees fully.
+    assert rollout.pairwise_agreement(true, true - 10 * true.mean(1, keepdims=True)) == 1.0
+    assert np.isnan(rollout.pairwise_agreement(np.ones((2, 3)), learned[:2, :3]))
