@@ -1,10 +1,11 @@
-"""What the sharded tests run on every mesh and in every process layout: a GRPO train step, and
-the main experiment config at tiny size run by `experiment.run`.
+"""What the sharded tests run on every mesh and in every process layout: a GRPO train step, PPO's
+train step with its advantages computed inside it, and the main experiment config at tiny size run by `experiment.run`.
 
 Everything is built on the host from fixed seeds, so that each process of a multi-process run,
 the single-process run and the unsharded reference all start from the same values.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -17,7 +18,7 @@ from rljax.train.objectives import make_objective
 from rljax.train.optim import make_optimizer
 from rljax.train import experiment
 from rljax.train.metrics import read_jsonl
-from rljax.train.rl import RLTrainer
+from rljax.train.rl import RLConfig, RLTrainer, make_rl_objective
 from rljax.train.state import TrainState
 from rljax.train.steps import make_policy_step
 from tests.test_configs import ROOT, load_config, shrink
@@ -26,6 +27,7 @@ from tests.test_configs import ROOT, load_config, shrink
 CFG = models.get_config("tiny", d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
                         vocab_size=64)
 B, T, P, GROUP = 8, 10, 4, 4  # rows (divisible by data x fsdp = 8), tokens, prompt tokens, group size
+PPO_CFG = dataclasses.replace(CFG, value_head=True)  # the critic, on the policy's trunk
 # Adam's first update is lr·g/(|g| + eps): with optax's default eps=1e-8, a gradient entry near
 # zero moves its parameter by up to lr whatever its size, so the rounding of another reduction
 # order shows at the scale of lr (measured on data=2 x fsdp=2 x tensor=2: params 1e-3 from the
@@ -54,6 +56,23 @@ def grpo_problem():
     params = models.init(CFG, jax.random.PRNGKey(1))
     state = jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
     return step, state, batch, np.asarray(jax.random.PRNGKey(3))
+
+
+def ppo_problem():
+    """(step, state, batch, key): PPO's one update of an on-policy rollout as `RLTrainer` runs it,
+    on grpo_problem's sequences: the step computes the advantages itself (`in_step_advantages`:
+    the k1 KL-shaped reward, GAE on the value head, whitening over all the batch's tokens) from the
+    sequences' scores and reference log-probs, then the clipped policy and value losses."""
+    _, _, grpo_batch, key = grpo_problem()
+    batch = {k: v for k, v in grpo_batch.items() if k not in ("advantages", "old_logp")}
+    batch["scores"] = np.random.default_rng(1).normal(size=B).astype(np.float32)
+    rl = RLConfig(algorithm="ppo", policy_loss="ppo", agg="token-mean", prompts_per_step=B // GROUP,
+                  group_size=GROUP, max_new_tokens=T - P, beta=0.1, kl_in_reward=True, kl_estimator="k1",
+                  value_coef=0.5, value_clip=0.2)
+    step = make_policy_step(PPO_CFG, OPTIMIZER, make_rl_objective(rl))
+    params = models.init(PPO_CFG, jax.random.PRNGKey(1))
+    state = jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
+    return step, state, batch, key
 
 
 STEPS = 2  # the second step reads the first one's Adam moments, which the first step sharded
