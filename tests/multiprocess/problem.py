@@ -1,5 +1,6 @@
 """What the sharded tests run on every mesh and in every process layout: a GRPO train step, PPO's
-train step with its advantages computed inside it, and the main experiment config at tiny size run by `experiment.run`.
+train step with its advantages computed inside it, and the main experiment config at tiny size
+run by `experiment.run`.
 
 Everything is built on the host from fixed seeds, so that each process of a multi-process run,
 the single-process run and the unsharded reference all start from the same values.
