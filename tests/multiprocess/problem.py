@@ -37,6 +37,12 @@ PPO_CFG = dataclasses.replace(CFG, value_head=True)  # the critic, on the policy
 OPTIMIZER = make_optimizer(learning_rate=1e-2, eps=1e-4)
 
 
+def _initial_state(cfg) -> TrainState:
+    """The train state of `cfg`'s model from fixed seeds, as host arrays."""
+    params = models.init(cfg, jax.random.PRNGKey(1))
+    return jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
+
+
 def grpo_problem():
     """(step, state, batch, key): a pure GRPO step (clipped ratio, k3 KL in the loss) and its
     inputs, numpy on the host. The batch is 2 prompts x 4 completions of different lengths, with
@@ -54,9 +60,7 @@ def grpo_problem():
              "ref_logp": old_logp + np.where(loss_mask, rng.normal(0.0, 0.1, (B, T)), 0.0).astype(np.float32),
              "advantages": np.asarray(losses.group_advantages(rewards)).reshape(B)}
     step = make_policy_step(CFG, OPTIMIZER, make_objective("grpo", beta=0.04, clip_eps=0.2))
-    params = models.init(CFG, jax.random.PRNGKey(1))
-    state = jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
-    return step, state, batch, np.asarray(jax.random.PRNGKey(3))
+    return step, _initial_state(CFG), batch, np.asarray(jax.random.PRNGKey(3))
 
 
 def ppo_problem():
@@ -71,9 +75,7 @@ def ppo_problem():
                   group_size=GROUP, max_new_tokens=T - P, beta=0.1, kl_in_reward=True, kl_estimator="k1",
                   value_coef=0.5, value_clip=0.2)
     step = make_policy_step(PPO_CFG, OPTIMIZER, make_rl_objective(rl))
-    params = models.init(PPO_CFG, jax.random.PRNGKey(1))
-    state = jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
-    return step, state, batch, key
+    return step, _initial_state(PPO_CFG), batch, key
 
 
 STEPS = 2  # the second step reads the first one's Adam moments, which the first step sharded
