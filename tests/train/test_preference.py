@@ -231,7 +231,7 @@ def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path, centred):
     assert 0.0 <= results["pairwise_accuracy"] <= 1.0
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     rl = [r for r in rows if "reward_mean" in r]
-    assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/correct"} <= set(rl[0])
+    assert len(rl) == 1 and {"reward/true", "reward/learned", "reward/agreement", "reward/correct"} <= set(rl[0])
     if centred:  # the policy sees the learned reward, centred in each group
         assert abs(rl[0]["reward_mean"]) < 1e-5
     else:  # the learned reward itself, its per-prompt constant left to the critic
