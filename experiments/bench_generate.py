@@ -237,7 +237,8 @@ def main():
     report.update({
         "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
-        "gpu": "none: no accelerator was available for this run; CPU figures only",
+        # Written by experiments/bench_gpu.py on an accelerator; a CPU run keeps it.
+        "gpu": previous.get("gpu") or "none yet: experiments/bench_gpu.py writes this on a GPU",
         "versions": _versions(),
         "repeats": args.repeats,
     })

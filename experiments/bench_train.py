@@ -103,36 +103,53 @@ FAIRNESS = [
 ]
 
 
-def make_batch(seed: int = 0) -> dict:
+def make_batch(seed: int = 0, rows: int = B, prompt: int = PROMPT, completion: int = COMPLETION,
+               group: int = GROUP, vocab: int = SHAPE["vocab_size"]) -> dict:
     """The prepared GRPO inputs, as NumPy arrays in the prompt/completion layout (tunix's and TRL's).
 
-    prompt_ids/prompt_mask [B, PROMPT] (left-padded); completion_ids/completion_mask [B, COMPLETION]
-    (right-padded after EOS); old_logp/ref_logp [B, COMPLETION], the log-prob of each completion
-    token (0 on padding); advantages [B], (r - mean_G r) / (std_G r + 1e-6) over groups of GROUP.
+    prompt_ids/prompt_mask [rows, prompt] (left-padded, 5/8 to all of the slot real, shared
+    within a group); completion_ids/completion_mask [rows, completion] (a quarter to all of the
+    slot real, right-padded after EOS); old_logp/ref_logp [rows, completion], the log-prob of
+    each completion token (0 on padding); advantages [rows], (r - mean_G r) / (std_G r + 1e-6)
+    over groups of `group`.
     """
     rng = np.random.default_rng(seed)
-    n_groups = B // GROUP
-    prompt_len = np.repeat(rng.integers(40, PROMPT + 1, n_groups), GROUP)
-    prompts = np.repeat(rng.integers(2, SHAPE["vocab_size"], (n_groups, PROMPT)), GROUP, axis=0)
-    prompt_mask = np.arange(PROMPT)[None, :] >= (PROMPT - prompt_len)[:, None]
+    n_groups = rows // group
+    prompt_len = np.repeat(rng.integers(prompt * 5 // 8, prompt + 1, n_groups), group)
+    prompts = np.repeat(rng.integers(2, vocab, (n_groups, prompt)), group, axis=0)
+    prompt_mask = np.arange(prompt)[None, :] >= (prompt - prompt_len)[:, None]
     prompt_ids = np.where(prompt_mask, prompts, PAD_ID)
 
-    completion_len = rng.integers(16, COMPLETION + 1, B)
-    completion_mask = np.arange(COMPLETION)[None, :] < completion_len[:, None]
-    completion_ids = rng.integers(2, SHAPE["vocab_size"], (B, COMPLETION))
-    ends = completion_len < COMPLETION
+    completion_len = rng.integers(completion // 4, completion + 1, rows)
+    completion_mask = np.arange(completion)[None, :] < completion_len[:, None]
+    completion_ids = rng.integers(2, vocab, (rows, completion))
+    ends = completion_len < completion
     completion_ids[ends, completion_len[ends] - 1] = EOS_ID
     completion_ids = np.where(completion_mask, completion_ids, PAD_ID)
 
-    # A random-weight model over 8192 tokens is near uniform: log-probs around -log(8192) = -9.01.
-    old_logp = (-np.log(SHAPE["vocab_size"]) + 0.3 * rng.standard_normal((B, COMPLETION))).astype(np.float32)
-    ref_logp = (old_logp + 0.05 * rng.standard_normal((B, COMPLETION))).astype(np.float32)
+    # A random-weight model is near uniform: log-probs around -log(vocab) (-9.01 for 8192).
+    old_logp = (-np.log(vocab) + 0.3 * rng.standard_normal((rows, completion))).astype(np.float32)
+    ref_logp = (old_logp + 0.05 * rng.standard_normal((rows, completion))).astype(np.float32)
     old_logp, ref_logp = old_logp * completion_mask, ref_logp * completion_mask
-    rewards = rng.random((n_groups, GROUP))
+    rewards = rng.random((n_groups, group))
     adv = (rewards - rewards.mean(1, keepdims=True)) / (rewards.std(1, ddof=1, keepdims=True) + 1e-6)
     return dict(prompt_ids=prompt_ids.astype(np.int32), prompt_mask=prompt_mask,
                 completion_ids=completion_ids.astype(np.int32), completion_mask=completion_mask,
-                old_logp=old_logp, ref_logp=ref_logp, advantages=adv.reshape(B).astype(np.float32))
+                old_logp=old_logp, ref_logp=ref_logp, advantages=adv.reshape(rows).astype(np.float32))
+
+
+def rljax_batch(nb: dict) -> dict:
+    """make_batch's arrays in rljax's layout: [rows, prompt + completion] sequences, the loss
+    mask on the real completion tokens, log-probs 0 over the prompt slot."""
+    rows, prompt = nb["prompt_ids"].shape
+    zeros = np.zeros((rows, prompt), np.float32)
+    return dict(
+        tokens=np.concatenate([nb["prompt_ids"], nb["completion_ids"]], axis=1),
+        attention_mask=np.concatenate([nb["prompt_mask"], nb["completion_mask"]], axis=1),
+        loss_mask=np.concatenate([np.zeros((rows, prompt), bool), nb["completion_mask"]], axis=1),
+        old_logp=np.concatenate([zeros, nb["old_logp"]], axis=1),
+        ref_logp=np.concatenate([zeros, nb["ref_logp"]], axis=1),
+        advantages=nb["advantages"])
 
 
 def time_steps(run_step, repeats: int, steps: int) -> dict:
@@ -165,7 +182,6 @@ def time_steps(run_step, repeats: int, steps: int) -> dict:
 def worker_rljax(repeats: int, steps: int, src: str | None = None) -> dict:
     sys.path.insert(0, src or str(ROOT))
     import jax
-    import jax.numpy as jnp
     import optax
 
     from rljax import models
@@ -186,16 +202,7 @@ def worker_rljax(repeats: int, steps: int, src: str | None = None) -> dict:
     params = models.init(cfg, key)
     state = TrainState.create(params, optimizer, key)
 
-    nb = make_batch()
-    zeros = np.zeros((B, PROMPT), np.float32)
-    tokens = np.concatenate([nb["prompt_ids"], nb["completion_ids"]], axis=1)
-    real = np.concatenate([nb["prompt_mask"], nb["completion_mask"]], axis=1)
-    loss_mask = np.concatenate([np.zeros((B, PROMPT), bool), nb["completion_mask"]], axis=1)
-    batch = jax.device_put(dict(
-        tokens=tokens, attention_mask=real, loss_mask=loss_mask,
-        old_logp=np.concatenate([zeros, nb["old_logp"]], axis=1),
-        ref_logp=np.concatenate([zeros, nb["ref_logp"]], axis=1),
-        advantages=nb["advantages"]))
+    batch = jax.device_put(rljax_batch(make_batch()))
 
     holder = {"state": state}
     last = {}
@@ -472,6 +479,7 @@ def main():
         return None
 
     nb = make_batch()
+    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
     report = {
         "speedup_vs_tunix": speedup("tunix"),
         "speedup_vs_trl": speedup("trl"),
@@ -491,8 +499,8 @@ def main():
         "fairness": FAIRNESS,
         "results": results,
         "machine": {**machine(), "loadavg_at_end": loadavg()},
-        "gpu": None,
-        "gpu_note": "no GPU or other accelerator was available for this task: CPU figures only",
+        # Written by experiments/bench_gpu.py on an accelerator; a CPU run keeps it.
+        "gpu": previous.get("gpu") or "none yet: experiments/bench_gpu.py writes this on a GPU",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
