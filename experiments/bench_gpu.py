@@ -98,17 +98,15 @@ def ceilings(size: dict) -> dict:
                 matmul_n=n, matmul_s=matmul_s, matmul_flops_per_s=2 * n**3 / matmul_s)
 
 
-def _config(size: dict, **dtypes) -> models.ModelConfig:
-    return models.get_config(size["preset"], **dtypes)
-
-
 def generation(size: dict, copy_bytes_per_s: float, report, save) -> None:
     g = size["generate"]
-    cfg = _config(size, dtype="bfloat16", param_dtype="bfloat16")
+    cfg = models.get_config(size["preset"], dtype="bfloat16", param_dtype="bfloat16")
     cfg = cfg.replace(max_seq_len=max(cfg.max_seq_len, g["prompt_len"] + g["new_tokens"]))
     params = models.init(cfg, jax.random.PRNGKey(0))
     n_params = models.count_params(params)
     P, N = g["prompt_len"], g["new_tokens"]
+    report["config"] = dict(preset=size["preset"], dtype="bfloat16", n_params=n_params,
+                            prompt_len=P, new_tokens=N, temperature=1.0)
     for rows in g["batches"]:
         tokens = jax.random.randint(jax.random.PRNGKey(rows), (rows, P), 1, cfg.vocab_size)
         mask = jnp.ones((rows, P), bool)
@@ -131,13 +129,11 @@ def generation(size: dict, copy_bytes_per_s: float, report, save) -> None:
               f"{step_s * 1e3:.2f} ms, roofline {roofline_s * 1e3:.2f} ms "
               f"({roofline_s / step_s:.0%})", flush=True)
         save()
-    report["config"] = dict(preset=size["preset"], dtype="bfloat16", n_params=n_params,
-                            prompt_len=P, new_tokens=N, temperature=1.0)
 
 
 def train_step(size: dict, peak: float | None, matmul_flops_per_s: float, report: dict) -> None:
     t = size["train"]
-    cfg = _config(size, dtype="bfloat16", param_dtype="float32")
+    cfg = models.get_config(size["preset"], dtype="bfloat16", param_dtype="float32")
     optimizer = optax.adamw(bench_train.LR, b1=bench_train.B1, b2=bench_train.B2, eps=bench_train.EPS,
                             weight_decay=bench_train.WD)
     objective = make_objective("grpo", agg="seq-mean-token-mean", beta=bench_train.BETA,
