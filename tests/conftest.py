@@ -1,5 +1,7 @@
-"""Test-suite settings: float32 matmuls at full precision and the persistent compile cache."""
+"""Test-suite settings: float32 matmuls at full precision, the persistent compile cache, and the
+`sandbox` marker for tests that run programs in the bubblewrap sandbox."""
 
+import functools
 import os
 import time
 
@@ -15,6 +17,35 @@ jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "sandbox: runs programs in the bubblewrap sandbox (rljax.rewards.sandbox); "
+        "skipped where it is unavailable, a failure when CI=true")
+
+
+@functools.cache
+def _sandbox_problem() -> str | None:
+    """Why the bubblewrap sandbox cannot run here (the SandboxUnavailableError's message), or None.
+    Checked once per test process."""
+    from rljax.rewards import SandboxUnavailableError, check_sandbox
+
+    try:
+        check_sandbox()
+    except SandboxUnavailableError as e:
+        return str(e)
+    return None
+
+
+def pytest_runtest_setup(item):
+    """A `sandbox`-marked test without a usable sandbox is skipped with the reason, except under
+    CI=true, where it fails: there a missing bubblewrap must not pass as a green run."""
+    if item.get_closest_marker("sandbox") and (problem := _sandbox_problem()):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and the bubblewrap sandbox is unavailable: {problem}",
+                        pytrace=False)
+        pytest.skip(f"no bubblewrap sandbox: {problem}")
 
 
 def pytest_sessionstart(session):

@@ -8,7 +8,7 @@ the same seeded stream, never shown in the question, always including an edge ca
 empty list, the empty string). Expected outputs come from the reference solution; every
 problem's reference is run against its tests when the dataset is built, in this process: the
 reference is our own generated code, not a model's (a model's programs only ever run in
-`rljax.rewards.code.run_code`'s sandbox).
+`rljax.rewards.sandbox.run_code`'s sandbox).
 
 Example fields: `question`, `answer` (the reference program), `tests` (assert lines),
 `entry_point` (the function name).

@@ -5,11 +5,11 @@
   math_answers  math_reward(completion, answer)
   countdown   evaluate_expression (a safe parser, no eval), check_countdown, countdown_reward
   format      format_reward(completion, fmt)
-  code        run_code(program, tests, timeout_s, memory_mb): untrusted Python in a bubblewrap
+  sandbox     run_code(program, tests, timeout_s, memory_mb): untrusted Python in a bubblewrap
               sandbox -> CodeResult(.passed, .status, ...); SandboxUnavailableError
   code_answers  extract_program, code_reward(completion, tests)
   reward_fns  fn(completion, example) factories, weighted_sum, task_rewards
-  safe        score(reward_fns, completions, examples, timeout_s=...): errors and hangs score 0
+  scoring     score(reward_fns, completions, examples, timeout_s=...): errors and hangs score 0
 
 Typical use in an RL loop:
 
@@ -17,7 +17,6 @@ Typical use in an RL loop:
     r, metrics = rewards.score(fns, completions, examples, weights=weights, timeout_s=5.0)
 """
 
-from .code import CodeResult, SandboxUnavailableError, check_sandbox, run_code
 from .code_answers import CODE_FORMATS, code_reward, extract_program
 from .countdown import (
     Evaluation,
@@ -49,4 +48,5 @@ from .reward_fns import (
     task_rewards,
     weighted_sum,
 )
-from .safe import score
+from .sandbox import CodeResult, SandboxUnavailableError, check_sandbox, run_code
+from .scoring import score

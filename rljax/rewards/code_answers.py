@@ -1,5 +1,5 @@
 """Scoring a completion that should be a program: find the program, run it with the task's tests
-in the sandbox (`rljax.rewards.code.run_code`), reward 1.0 for a pass.
+in the sandbox (`rljax.rewards.sandbox.run_code`), reward 1.0 for a pass.
 
 Formats (`CODE_FORMATS`):
   "plain"       the last complete ```-fenced block when there is one, else the whole stripped
@@ -12,7 +12,7 @@ fences costs quadratic time); a first line naming a language (```python) is drop
 
 from __future__ import annotations
 
-from .code import run_code
+from .sandbox import run_code
 
 CODE_FORMATS = ("plain", "code_block")
 

@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .code import check_sandbox
+from .sandbox import check_sandbox
 from .code_answers import check_code_format, code_block_format_reward, code_reward
 from .countdown import countdown_reward
 from .extract import ANSWER_FORMATS, check_format

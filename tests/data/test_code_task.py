@@ -5,7 +5,7 @@ import pytest
 
 from rljax.data import code, tasks
 from rljax.data.prompts import chat_messages, plain_prompt, plain_target
-from rljax.rewards import SandboxUnavailableError, check_sandbox, run_code
+from rljax.rewards import run_code
 
 SMALL = {"train_size": 120, "test_size": 30}
 
@@ -59,11 +59,8 @@ def test_load_task_reads_back_the_fields(tmp_path):
     assert "```python" in chat_messages(example, "code_block")[-1]["content"]
 
 
+@pytest.mark.sandbox
 def test_references_pass_in_the_sandbox_and_other_problems_references_do_not():
-    try:
-        check_sandbox()
-    except SandboxUnavailableError as e:
-        pytest.skip(f"no bwrap sandbox: {e}")
     examples = _splits(train_size=8, test_size=4)["test"]
     for i, e in enumerate(examples):
         assert run_code(e["answer"], e["tests"]).passed, e

@@ -24,15 +24,8 @@ def test_extract_program():
         extract_program("x", "hash")
 
 
-def _require_sandbox():
-    try:
-        rewards.check_sandbox()
-    except SandboxUnavailableError as e:
-        pytest.skip(f"no bwrap sandbox: {e}")
-
-
+@pytest.mark.sandbox
 def test_task_rewards_score_programs():
-    _require_sandbox()
     fns, weights = rewards.task_rewards("code")
     assert set(fns) == {"correct"} and weights == {"correct": 1.0}
     pickle.dumps(fns)  # process isolation must be able to send them
@@ -43,8 +36,8 @@ def test_task_rewards_score_programs():
     assert metrics["reward_errors"] == 0 and metrics["reward_timeouts"] == 0
 
 
+@pytest.mark.sandbox
 def test_code_block_format_adds_a_format_reward():
-    _require_sandbox()
     fns, weights = rewards.task_rewards("code", "code_block", format_weight=0.1)
     completions = ["```python\ndef f(x): return 3 * x + 2\n```", "```\ndef f(x): return 0\n```",
                    "def f(x): return 3 * x + 2"]
@@ -55,8 +48,8 @@ def test_code_block_format_adds_a_format_reward():
 
 
 def test_task_rewards_refuse_without_a_sandbox(monkeypatch):
-    from rljax.rewards import code
+    from rljax.rewards import sandbox
 
-    monkeypatch.setattr(code, "BWRAP", "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox, "BWRAP", "/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
         rewards.task_rewards("code")

@@ -14,33 +14,21 @@ import time
 
 import pytest
 
-from rljax.rewards import code
-from rljax.rewards.code import SandboxUnavailableError, run_code
+from rljax.rewards import sandbox
+from rljax.rewards.sandbox import SandboxUnavailableError, run_code
 
 FAST_S = 5.0  # every hostile run must return within this (its own timeout is 2 s)
-
-
-def _sandbox_problem():
-    try:
-        code.check_sandbox()
-    except SandboxUnavailableError as e:
-        return str(e)
-    return None
-
-
-_PROBLEM = _sandbox_problem()
-needs_sandbox = pytest.mark.skipif(_PROBLEM is not None, reason=f"no bwrap sandbox: {_PROBLEM}")
 
 
 def _sandbox_processes() -> list[int]:
     """Host pids (zombies included) under one of this process's sandbox uids (only meaningful
     for a root host; other test workers use other uids)."""
-    first = code._SLOTS.base
+    first = sandbox._SLOTS.base
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if first <= entry.stat().st_uid < first + code.MAX_CONCURRENT:
+                if first <= entry.stat().st_uid < first + sandbox.MAX_CONCURRENT:
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -61,7 +49,7 @@ def _hostile(program: str, tests: str = "", **kwargs):
     return result
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_a_correct_program_passes_and_a_wrong_one_fails():
     tests = "assert f(1) == 5\nassert f(-2) == -4"
     ok = run_code("def f(x): return 3 * x + 2", tests)
@@ -74,7 +62,7 @@ def test_a_correct_program_passes_and_a_wrong_one_fails():
     assert missing.status == "error" and "NameError" in missing.detail
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_output_is_captured_and_the_program_sees_a_bare_system():
     result = run_code("import os, sys\nprint('hello')\nprint('oops', file=sys.stderr)\n"
                       "entries = sorted(os.listdir('/'))\nuid = os.getuid()",
@@ -84,30 +72,30 @@ def test_output_is_captured_and_the_program_sees_a_bare_system():
     assert result.stdout == "hello\n" and result.stderr == "oops\n"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_exiting_early_is_not_a_pass():
     assert _hostile("import os\nos._exit(0)", "assert False").status == "crashed"
     assert _hostile("import sys\nsys.exit(0)", "assert False").status == "error"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_infinite_loop_is_killed():
     assert _hostile("while True:\n    pass").status == "timeout"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_sleeping_forever_is_killed():
     assert _hostile("import time\ntime.sleep(1000)").status == "timeout"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_memory_bomb_is_refused():
     assert _hostile("x = bytearray(8 * 2 ** 30)").status == "memory"
     grow = "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))"
     assert _hostile(grow, memory_mb=128).status == "memory"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_fork_bomb_is_capped():
     # Gives up at the first failed fork ...
     assert _hostile("import os\nwhile True:\n    os.fork()").status in ("error", "crashed")
@@ -117,7 +105,7 @@ def test_fork_bomb_is_capped():
     assert _hostile(stubborn).status in ("timeout", "crashed")
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_host_files_cannot_be_read(tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("hunter2")
@@ -130,7 +118,7 @@ def test_host_files_cannot_be_read(tmp_path):
     assert result.status == "failed" and "nothing readable" in result.detail
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_host_files_cannot_be_written(tmp_path):
     targets = [str(tmp_path / "escaped.txt"), "/tmp/rljax-escaped.txt",
                os.path.join(os.path.dirname(os.path.abspath(__file__)), "escaped.txt")]
@@ -147,7 +135,7 @@ def test_host_files_cannot_be_written(tmp_path):
     assert fill.status == "error" and "OSError" in fill.detail
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_no_socket_reaches_the_host():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -166,7 +154,7 @@ def test_no_socket_reaches_the_host():
             listener.accept()
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_killing_the_parent_and_other_processes_fails():
     """The program is its pid namespace's init: its parent lies outside (getppid() is 0, so
     the kill hits its own group, which the kernel shields), and host pids do not exist there."""
@@ -186,7 +174,7 @@ def test_killing_the_parent_and_other_processes_fails():
         sentinel.wait()
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_stdout_flood_is_cut_off():
     result = _hostile("while True:\n    print('x' * 10000)")
     assert result.status == "output_limit" and len(result.stdout) <= 2000
@@ -194,7 +182,7 @@ def test_stdout_flood_is_cut_off():
                     ).status == "output_limit"
 
 
-@needs_sandbox
+@pytest.mark.sandbox
 def test_concurrent_runs_are_independent():
     from concurrent.futures import ThreadPoolExecutor
 
@@ -216,7 +204,7 @@ def test_concurrent_runs_are_independent():
 
 
 def test_missing_bwrap_refuses_to_run(monkeypatch):
-    monkeypatch.setattr(code, "BWRAP", "/nonexistent/bwrap")
+    monkeypatch.setattr(sandbox, "BWRAP", "/nonexistent/bwrap")
     with pytest.raises(SandboxUnavailableError, match="apt-get install bubblewrap"):
         run_code("print('never runs')", "")
 
@@ -230,10 +218,10 @@ def test_a_broken_bwrap_refuses_to_run(monkeypatch):
             f.write("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\n"
                     "exit 1\n")
         os.chmod(fake, 0o755)
-        monkeypatch.setattr(code, "BWRAP", fake)
+        monkeypatch.setattr(sandbox, "BWRAP", fake)
         with pytest.raises(SandboxUnavailableError, match="user namespaces"):
             run_code("print('never runs')", "")
         os.chmod(fake, 0o700)  # now not even executable by the sandbox uid (when root)
-        monkeypatch.setattr(code, "BWRAP", fake)
+        monkeypatch.setattr(sandbox, "BWRAP", fake)
         with pytest.raises(SandboxUnavailableError):
             run_code("print('never runs')", "")
