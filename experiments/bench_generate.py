@@ -31,19 +31,17 @@ Writes experiments/results/bench_generate.json (top-level `speedup_vs_tunix`: sh
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
+import bench_common
 from rljax import generate, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,19 +69,6 @@ def _left_pad(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndar
     return tokens, tokens != 0
 
 
-def _timed(fn, repeats: int, warm_up=None) -> dict:
-    """Calls `warm_up` (default: fn) once untimed, then fn `repeats` times; seconds."""
-    start = time.perf_counter()
-    (warm_up or fn)(0)
-    first = time.perf_counter() - start
-    times = []
-    for seed in range(1, repeats + 1):
-        start = time.perf_counter()
-        fn(seed)
-        times.append(time.perf_counter() - start)
-    return {"first_call_s": first, "times_s": times, "best_s": min(times)}
-
-
 def _rljax_generate(cfg, params, tokens, mask, n_new, num_samples):
     def run(seed):
         out = generate.generate(cfg, params, tokens, mask, jax.random.PRNGKey(seed),
@@ -94,6 +79,8 @@ def _rljax_generate(cfg, params, tokens, mask, n_new, num_samples):
 
 
 def _with_rates(result: dict, tokens: int, compiles: bool) -> dict:
+    """A `bench_common.time_calls` result with its best (least disturbed) call and the rates."""
+    result["best_s"] = min(result["times_s"])
     result["generated_tokens"] = tokens
     result["tokens_per_s"] = tokens / result["best_s"]
     if compiles:
@@ -102,7 +89,7 @@ def _with_rates(result: dict, tokens: int, compiles: bool) -> dict:
 
 
 def shape_a(repeats: int, tunix_python: str) -> dict:
-    load_before = os.getloadavg()
+    load_before = bench_common.load_average()
     cfg = models.get_config("qwen3-0.6b", **{k: v for k, v in SHAPE_A.items()
                                               if k not in ("rope_theta", "norm_eps")},
                             rope_theta=float(SHAPE_A["rope_theta"]), norm_eps=SHAPE_A["norm_eps"],
@@ -111,8 +98,8 @@ def shape_a(repeats: int, tunix_python: str) -> dict:
     prompts = _prompts(A_PROMPTS, A_PROMPT_LEN, cfg.vocab_size, seed=0)
     tokens, mask = _left_pad(prompts, A_PROMPT_LEN)
     n_tokens = A_PROMPTS * A_SAMPLES * A_NEW
-    rljax = _with_rates(_timed(_rljax_generate(cfg, params, tokens, mask, A_NEW, A_SAMPLES),
-                               repeats), n_tokens, compiles=True)
+    rljax = _with_rates(bench_common.time_calls(
+        _rljax_generate(cfg, params, tokens, mask, A_NEW, A_SAMPLES), repeats), n_tokens, compiles=True)
 
     request = dict(model=SHAPE_A, prompts=prompts, prompt_len=A_PROMPT_LEN,
                    max_new_tokens=A_NEW, num_samples=A_SAMPLES, repeats=repeats)
@@ -121,7 +108,6 @@ def shape_a(repeats: int, tunix_python: str) -> dict:
     if proc.returncode:
         raise RuntimeError(f"the Tunix benchmark failed:\n{proc.stderr[-3000:]}")
     tunix = json.loads(proc.stdout.strip().splitlines()[-1])
-    tunix["best_s"] = min(tunix["times_s"])
     tunix_versions = tunix.pop("versions")
     tunix = _with_rates(tunix, n_tokens, compiles=True)
     return {"config": {**SHAPE_A, "prompts": A_PROMPTS, "samples_per_prompt": A_SAMPLES,
@@ -129,7 +115,7 @@ def shape_a(repeats: int, tunix_python: str) -> dict:
                        "prompt_lengths": [len(p) for p in prompts]},
             "rljax": rljax, "tunix": tunix, "tunix_env_versions": tunix_versions,
             "speedup": tunix["best_s"] / rljax["best_s"],
-            "load_average": {"before": load_before, "after": os.getloadavg()}}
+            "load_average": {"before": load_before, "after": bench_common.load_average()}}
 
 
 def _smollm2_gguf() -> tuple[str, str]:
@@ -157,12 +143,12 @@ def shape_b(repeats: int, batches, report: dict, save) -> None:
         "prompt_len": B_PROMPT_LEN, "max_new_tokens": B_NEW,
         "torch_threads": torch.get_num_threads()}}
     for batch in batches:
-        load_before = os.getloadavg()
+        load_before = bench_common.load_average()
         prompts = _prompts(batch, B_PROMPT_LEN, cfg.vocab_size, seed=batch)
         tokens, mask = _left_pad(prompts, B_PROMPT_LEN)
         n_tokens = batch * B_NEW
-        rljax = _with_rates(_timed(_rljax_generate(cfg, params, tokens, mask, B_NEW, 1), repeats),
-                            n_tokens, compiles=True)
+        rljax = _with_rates(bench_common.time_calls(
+            _rljax_generate(cfg, params, tokens, mask, B_NEW, 1), repeats), n_tokens, compiles=True)
         input_ids, attention_mask = torch.tensor(tokens), torch.tensor(mask.astype(np.int64))
 
         def hf_run(seed, rows=batch, n_new=B_NEW):
@@ -174,29 +160,14 @@ def shape_b(repeats: int, batches, report: dict, save) -> None:
             assert out.shape[1] == B_PROMPT_LEN + n_new
 
         # transformers compiles nothing: a short call warms it up.
-        hf_result = _with_rates(_timed(hf_run, repeats, warm_up=lambda s: hf_run(s, 2, 2)),
+        hf_result = _with_rates(bench_common.time_calls(hf_run, repeats,
+                                                        warm_up=lambda s: hf_run(s, 2, 2)),
                                 n_tokens, compiles=False)
         report["shape_b"][f"batch_{batch}"] = {
             "rljax": rljax, "transformers": hf_result,
             "speedup": hf_result["best_s"] / rljax["best_s"],
-            "load_average": {"before": load_before, "after": os.getloadavg()}}
+            "load_average": {"before": load_before, "after": bench_common.load_average()}}
         save(report)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _versions() -> dict:
-    names = ("jax", "jaxlib", "flax", "numpy", "torch", "transformers", "gguf")
-    return {"python": platform.python_version(),
-            **{n: importlib.metadata.version(n) for n in names}}
 
 
 def _table(report: dict) -> str:
@@ -216,8 +187,7 @@ def _table(report: dict) -> str:
                          f"{r['best_s']:.2f}", f"{r['tokens_per_s']:.0f}",
                          f"{r['compile_s']:.1f}" if "compile_s" in r else "-",
                          f"{b['speedup']:.2f}x" if side == "rljax" else ""))
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(str(c).rjust(w) for c, w in zip(row, widths)) for row in rows)
+    return bench_common.table(rows)
 
 
 def main():
@@ -231,15 +201,15 @@ def main():
 
     # A run of some shapes keeps the other shapes' figures from the previous results file;
     # every measurement carries its own load averages.
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    previous = bench_common.read_results(RESULTS)
     report = {key: previous[key] for key in ("shape_a", "shape_b") if key in previous
               and {"shape_a": "A", "shape_b": "B"}[key] not in args.shapes}
+    machine = bench_common.machine("flax", "numpy", "torch", "transformers", "gguf",
+                                   xla_flags=os.environ.get("XLA_FLAGS", ""))
     report.update({
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
-                    "xla_flags": os.environ.get("XLA_FLAGS", "")},
-        # Written by experiments/bench_gpu.py on an accelerator; a CPU run keeps it.
-        "gpu": previous.get("gpu") or "none yet: experiments/bench_gpu.py writes this on a GPU",
-        "versions": _versions(),
+        "machine": machine,
+        "gpu": bench_common.kept_gpu_entry(previous),
+        "versions": {"python": machine["python"], **machine["versions"]},
         "repeats": args.repeats,
     })
 
@@ -255,8 +225,7 @@ def main():
         loads = {"shape_a": report.get("shape_a", {}).get("load_average"),
                  **{f"shape_b_{k}": v.get("load_average") for k, v in batches.items()}}
         top["load_average"] = {k: v for k, v in loads.items() if v}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({**top, **report}, indent=2) + "\n")
+        bench_common.write_results(RESULTS, {**top, **report})
 
     if "A" in args.shapes:
         report["shape_a"] = shape_a(args.repeats, args.tunix_python)

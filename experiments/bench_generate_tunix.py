@@ -12,16 +12,15 @@ parses them, so the public `Sampler.__call__` is what is timed; EOS is an id out
 vocabulary, so every row generates all its tokens.
 """
 
-import importlib.metadata
 import json
 import sys
-import time
 
 import jax
-import numpy as np
 from flax import nnx
 from tunix.generate import sampler as sampler_lib
 from tunix.models.qwen3 import model as qwen3
+
+import bench_common
 
 
 class IdTokenizer:
@@ -71,18 +70,9 @@ def main(request):
                       temperature=1.0, top_p=1.0, eos_tokens=[cfg.vocab_size], seed=seed)
         assert all(len(t) == n_new for t in out.tokens), "every row must generate all its tokens"
 
-    start = time.perf_counter()
-    run(0)
-    first = time.perf_counter() - start
-    times = []
-    for seed in range(1, request["repeats"] + 1):
-        start = time.perf_counter()
-        run(seed)
-        times.append(time.perf_counter() - start)
     print(json.dumps({
-        "first_call_s": first, "times_s": times, "rows": len(texts),
-        "versions": {name: importlib.metadata.version(name)
-                     for name in ("google-tunix", "jax", "jaxlib", "flax")},
+        **bench_common.time_calls(run, request["repeats"]), "rows": len(texts),
+        "versions": bench_common.versions("google-tunix", "jax", "jaxlib", "flax"),
     }))
 
 

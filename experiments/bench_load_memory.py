@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -28,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import bench_common
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,7 +67,9 @@ def measure(path: str, dtype: str, use_mesh: bool) -> dict:
     jax.devices()  # start the backend before the baseline
     baseline = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
-    cfg, params = models.load_hf(path, dtype=dtype, mesh=sharding.make_mesh() if use_mesh else None)
+    mesh = sharding.make_mesh() if use_mesh else None
+    shardings = (lambda cfg: sharding.param_shardings(cfg, mesh)) if use_mesh else None
+    cfg, params = models.load_hf(path, dtype=dtype, shardings=shardings)
     jax.block_until_ready(params)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
@@ -78,11 +80,8 @@ def measure(path: str, dtype: str, use_mesh: bool) -> dict:
 
 def machine() -> dict:
     import jax
-    import psutil
 
-    return dict(platform=platform.platform(), cpus=os.cpu_count(),
-                memory_bytes=psutil.virtual_memory().total, python=platform.python_version(),
-                jax=jax.__version__, device=str(jax.devices()[0].device_kind))
+    return bench_common.machine(device=str(jax.devices()[0].device_kind))
 
 
 def main():
@@ -116,11 +115,11 @@ def main():
     finally:
         shutil.rmtree(tmp)
 
-    print(f"\n{'run':<44} {'baseline':>9} {'peak':>9} {'params':>9} {'ratio':>6} {'/params':>7} {'time':>6}")
-    for r in runs:
-        print(f"{r['name']:<44} {r['baseline_rss_bytes'] / 2**30:8.2f}G {r['peak_rss_bytes'] / 2**30:8.2f}G "
-              f"{r['param_bytes'] / 2**30:8.2f}G {r['ratio']:6.3f} {r['ratio_to_params']:7.3f} "
-              f"{r['load_seconds']:5.1f}s")
+    print("\n" + bench_common.table(
+        [("run", "baseline", "peak", "params", "ratio", "/params", "time")]
+        + [(r["name"], f"{r['baseline_rss_bytes'] / 2**30:.2f}G", f"{r['peak_rss_bytes'] / 2**30:.2f}G",
+            f"{r['param_bytes'] / 2**30:.2f}G", f"{r['ratio']:.3f}", f"{r['ratio_to_params']:.3f}",
+            f"{r['load_seconds']:.1f}s") for r in runs]))
     headline = runs[0]
     result = dict(
         preset=args.preset,
@@ -134,8 +133,7 @@ def main():
         machine=machine(),
         runs=runs,
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    bench_common.write_results(args.out, result)
     print(f"\nheadline ratio {headline['ratio']:.3f} (target < 1.5); wrote {args.out}")
 
 

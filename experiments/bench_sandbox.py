@@ -1,4 +1,4 @@
-"""Executions per second of `rljax.rewards.code.run_code` (bubblewrap sandbox) on this CPU.
+"""Executions per second of `rljax.rewards.sandbox.run_code` (bubblewrap sandbox) on this CPU.
 
     python experiments/bench_sandbox.py [--runs 120] [--workers 1 2 4]
 
@@ -16,16 +16,15 @@ The load average before and after is recorded: the machine is shared.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import bench_common
 from rljax.data.code import CodeBuilder
-from rljax.rewards import code
+from rljax.rewards import sandbox
 
 RESULTS = Path(__file__).parent / "results" / "bench_sandbox.json"
 
@@ -49,10 +48,10 @@ def workload(n: int) -> list[tuple[str, str, str]]:
 
 
 def measure(jobs, workers: int) -> dict:
-    load_before = os.getloadavg()
+    load_before = bench_common.load_average()
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        results = list(pool.map(lambda job: code.run_code(job[1], job[2]), jobs))
+        results = list(pool.map(lambda job: sandbox.run_code(job[1], job[2]), jobs))
     wall = time.perf_counter() - start
     statuses: dict[str, int] = {}
     for result in results:
@@ -63,19 +62,13 @@ def measure(jobs, workers: int) -> dict:
             "median_run_s": round(per_run[len(per_run) // 2], 4),
             "p95_run_s": round(per_run[int(0.95 * (len(per_run) - 1))], 4),
             "statuses": statuses,
-            "load_average": {"before": load_before, "after": os.getloadavg()}}
+            "load_average": {"before": load_before, "after": bench_common.load_average()}}
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    bwrap = subprocess.run([code._bwrap_path(), "--version"], capture_output=True, text=True)
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "sandbox_python": code.sandbox_python()[0],
-            "bwrap": bwrap.stdout.strip(), "host_is_root": os.geteuid() == 0}
+    bwrap = subprocess.run([sandbox._bwrap_path(), "--version"], capture_output=True, text=True)
+    return bench_common.machine(sandbox_python=sandbox.sandbox_python()[0],
+                                bwrap=bwrap.stdout.strip(), host_is_root=os.geteuid() == 0)
 
 
 def main():
@@ -85,7 +78,7 @@ def main():
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
 
-    code.check_sandbox()
+    sandbox.check_sandbox()
     jobs = workload(args.runs)
     rows = []
     for workers in args.workers:
@@ -99,16 +92,14 @@ def main():
     assert all(row["statuses"] == rows[0]["statuses"] for row in rows), rows
     assert rows[0]["statuses"].get("passed") == passes, rows[0]["statuses"]
 
-    print("\n| workers | exec/s | median run (ms) | p95 run (ms) | load before |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['workers']} | {row['exec_per_s']} | {row['median_run_s'] * 1e3:.0f} | "
-              f"{row['p95_run_s'] * 1e3:.0f} | {row['load_average']['before'][0]:.2f} |")
+    print("\n" + bench_common.table(
+        [("workers", "exec/s", "median run (ms)", "p95 run (ms)", "load before")]
+        + [(row["workers"], row["exec_per_s"], f"{row['median_run_s'] * 1e3:.0f}",
+            f"{row['p95_run_s'] * 1e3:.0f}", f"{row['load_average']['before'][0]:.2f}") for row in rows]))
     report = {"machine": machine(), "workload": "code task test split: 1/3 references, 1/3 "
               "another problem's reference, 1/3 syntax errors", "sequential_exec_per_s": rows[0]["exec_per_s"],
               "best_exec_per_s": max(row["exec_per_s"] for row in rows), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    bench_common.write_results(args.out, report)
     print(f"wrote {args.out}")
 
 

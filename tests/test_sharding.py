@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from rljax import models, sharding
 from rljax.models.cache import CACHE_AXES
 from rljax.models.transformer import ACT_AXES
+from rljax.sharding import hosts
 
 
 def _abstract_mesh(data, fsdp, tensor):
@@ -160,7 +161,7 @@ def test_use_mesh_makes_the_model_constrain_activations(key):
     assert jax.sharding.get_abstract_mesh().empty
 
 
-_LAUNCH_VARS = sharding._PROCESS_COUNT_VARS + sharding._TPU_WORKER_VARS + (
+_LAUNCH_VARS = hosts._PROCESS_COUNT_VARS + hosts._TPU_WORKER_VARS + (
     "JAX_COORDINATOR_ADDRESS", "JAX_PROCESS_ID")
 
 

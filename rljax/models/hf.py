@@ -485,15 +485,19 @@ def _to_rljax(name: str, leaf: _Leaf, shape: tuple[int, ...], dtype) -> Callable
     return convert
 
 
-def load_hf(path, dtype=None, mesh=None, **overrides) -> tuple[ModelConfig, dict]:
+def load_hf(path, dtype=None, shardings: Callable[[ModelConfig], Any] | None = None,
+            **overrides) -> tuple[ModelConfig, dict]:
     """Loads a Hugging Face checkpoint directory: returns (cfg, params).
 
     path: a directory with config.json and one or more *.safetensors files (with or without
       model.safetensors.index.json); tensors may be float32, bfloat16 or float16.
     dtype: the dtype of the returned params (default: cfg.param_dtype, float32); cfg.param_dtype
       is set to it.
-    mesh: if given, each parameter is placed as soon as it is read with its sharding from
-      `rljax.sharding.param_shardings(cfg, mesh)`; otherwise on the default device.
+    shardings: if given, a function of the loaded cfg to a pytree of `jax.sharding.Sharding`s
+      matching `models.init(cfg, key)`, e.g. `lambda cfg: sharding.param_shardings(cfg, mesh)`;
+      each parameter is placed on its sharding as soon as it is read; otherwise on the default
+      device. A function of cfg, since the shardings depend on the config read here; it keeps
+      this layer free of `rljax.sharding`, which lies above it.
     overrides: ModelConfig fields to set (e.g. scan_layers=True, dtype="bfloat16", remat=True);
       with scan_layers the per-layer tensors are stacked as they are read.
     """
@@ -517,10 +521,10 @@ def load_hf(path, dtype=None, mesh=None, **overrides) -> tuple[ModelConfig, dict
         raise ValueError(f"{path}: tensors this config does not use (is config.json right?): {unused}")
 
     shapes = _param_shapes(cfg)
-    if mesh is not None:
-        from rljax import sharding
-
-        shardings = _flatten(sharding.param_shardings(cfg, mesh))
+    placement = {} if shardings is None else _flatten(shardings(cfg))
+    if shardings is not None and set(placement) != set(shapes):
+        raise ValueError("shardings(cfg) does not match the parameters of models.init(cfg, key): "
+                         f"{sorted(set(placement) ^ set(shapes))}")
     params = {}
     for leaf in plan:
         shape = shapes[leaf.path].shape
@@ -531,7 +535,7 @@ def load_hf(path, dtype=None, mesh=None, **overrides) -> tuple[ModelConfig, dict
         else:
             name = leaf.sources[0]
             value = _read(files[name], _to_rljax(name, leaf, shape, dtype))
-        params[leaf.path] = jax.device_put(value, shardings[leaf.path] if mesh is not None else None)
+        params[leaf.path] = jax.device_put(value, placement.get(leaf.path))
         del value  # the host copy goes now, not at the next iteration
     return cfg, _unflatten(params)
 

@@ -1,5 +1,6 @@
 """Preference data: the JSONL forms (plain, UltraFeedback messages, HH transcripts), errors that
-name the line and row id, the tfds builder, the unpaired (KTO) view, and model-sampled pairs."""
+name the line and row id, the tfds builder, the unpaired (KTO) view, and model-sampled pairs
+(`rljax.train.pairs`), which write and read back that JSONL."""
 
 import json
 import os
@@ -12,6 +13,7 @@ from rljax.data import preference, tokenizers
 from rljax.data.tasks import load_task
 from rljax.rewards import math_reward_fn
 from rljax.data.prompts import plain_prompt
+from rljax.train.pairs import sample_pairs, sampled_pairs_file
 
 HH_CHOSEN = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 4"
 HH_REJECTED = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: 5"
@@ -127,19 +129,19 @@ def test_sampled_pairs_are_correct_versus_incorrect_and_cached(arithmetic, tmp_p
     reward_fn = math_reward_fn("plain")
     kwargs = dict(prompt_fn=plain_prompt, reward_fn=reward_fn, samples_per_prompt=4, max_new_tokens=3,
                   batch_size=16)
-    rows = preference.sample_pairs(cfg, params, tokenizer, examples[:20], jax.random.PRNGKey(1), **kwargs)
+    rows = sample_pairs(cfg, params, tokenizer, examples[:20], jax.random.PRNGKey(1), **kwargs)
     assert rows, "an untrained model answers wrongly: every prompt has a wrong sample"
     by_id = {e["id"]: e for e in examples}
     for row in rows:
         example = by_id[row["id"]]
         assert row["prompt"] == plain_prompt(example) and row["answer"] == example["answer"]
         assert reward_fn(row["chosen"], example) == 1.0 and reward_fn(row["rejected"], example) == 0.0
-    path = preference.sampled_pairs_file(cfg, params, tokenizer, examples[:20], 1, data_dir=tmp_path, **kwargs)
+    path = sampled_pairs_file(cfg, params, tokenizer, examples[:20], 1, data_dir=tmp_path, **kwargs)
     assert preference.read_preference_jsonl(path) == rows  # the same seeded draw
     mtime = os.path.getmtime(path)
-    again = preference.sampled_pairs_file(cfg, params, tokenizer, examples[:20], 1, data_dir=tmp_path, **kwargs)
+    again = sampled_pairs_file(cfg, params, tokenizer, examples[:20], 1, data_dir=tmp_path, **kwargs)
     assert again == path and os.path.getmtime(path) == mtime  # cached, not sampled again
-    other = preference.sampled_pairs_file(cfg, params, tokenizer, examples[:20], 2, data_dir=tmp_path, **kwargs)
+    other = sampled_pairs_file(cfg, params, tokenizer, examples[:20], 2, data_dir=tmp_path, **kwargs)
     assert other != path
 
 
@@ -148,9 +150,9 @@ def test_several_pairs_per_prompt_reject_distinct_wrong_samples(arithmetic):
     reward_fn = math_reward_fn("plain")
     kwargs = dict(prompt_fn=plain_prompt, reward_fn=reward_fn, samples_per_prompt=6, max_new_tokens=3,
                   batch_size=16)
-    one = preference.sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1), **kwargs)
-    several = preference.sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1),
-                                      pairs_per_prompt=3, **kwargs)
+    one = sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1), **kwargs)
+    several = sample_pairs(cfg, params, tokenizer, examples[:16], jax.random.PRNGKey(1),
+                           pairs_per_prompt=3, **kwargs)
     assert len({r["id"] for r in several}) == len(several) > len(one)
     by_id = {e["id"]: e for e in examples}
     by_prompt = {}
@@ -161,5 +163,4 @@ def test_several_pairs_per_prompt_reject_distinct_wrong_samples(arithmetic):
     assert all(len(set(r)) == len(r) <= 3 for r in by_prompt.values())
     assert [r for r in several if "/" not in r["id"]] == one  # a prompt's first pair is the one-pair draw
     with pytest.raises(ValueError, match="pairs_per_prompt=0"):
-        preference.sample_pairs(cfg, params, tokenizer, examples[:2], jax.random.PRNGKey(1), pairs_per_prompt=0,
-                                **kwargs)
+        sample_pairs(cfg, params, tokenizer, examples[:2], jax.random.PRNGKey(1), pairs_per_prompt=0, **kwargs)

@@ -280,11 +280,14 @@ def test_scan_layers(checkpoints, tmp_path):
 def test_mesh_places_each_parameter(checkpoints):
     path, _, reference = checkpoints["qwen2"]
     mesh = sharding.make_mesh()
-    cfg, params = models.load_hf(path, mesh=mesh)
+    cfg, params = models.load_hf(path, shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
     expected = sharding.param_shardings(cfg, mesh)
     for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(expected)):
         assert x.sharding == s
     assert _max_diff(cfg, params, reference, *_batch()) <= TOL
+    with pytest.raises(ValueError, match="shardings.* does not match"):
+        models.load_hf(path, scan_layers=True, shardings=lambda cfg: sharding.param_shardings(
+            cfg.replace(scan_layers=False), mesh))
 
 
 _MULTIDEVICE = textwrap.dedent("""
@@ -292,7 +295,7 @@ _MULTIDEVICE = textwrap.dedent("""
     jax.config.update("jax_default_matmul_precision", "highest")
     from rljax import models, sharding
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    cfg, params = models.load_hf(sys.argv[1], mesh=mesh)
+    cfg, params = models.load_hf(sys.argv[1], shardings=lambda cfg: sharding.param_shardings(cfg, mesh))
     for x, s in zip(jax.tree.leaves(params), jax.tree.leaves(sharding.param_shardings(cfg, mesh))):
         assert x.sharding.is_equivalent_to(s, x.ndim), (x.sharding, s)
     assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated

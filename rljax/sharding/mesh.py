@@ -1,15 +1,9 @@
-"""Device meshes, logical-axis rules, and placement of parameters, batches and KV caches.
-
-One SPMD program runs over a 3-axis device mesh:
-  data    pure data parallelism: parameters replicated, batch split.
-  fsdp    fully sharded data parallelism (ZeRO-3): the batch is split *and* every parameter is
-          sharded along its model dimension ('embed'); XLA all-gathers a weight where it is used.
-  tensor  Megatron-style tensor parallelism: attention heads, MLP hidden units and the vocabulary
-          are split, so each device computes a slice of every layer.
+"""The ('data', 'fsdp', 'tensor') device mesh, the logical-axis rules, and the shardings they give.
 
 The model names every array dimension logically (`rljax.models.param_axes`, the block-boundary
 activation constraints in `rljax.models.transformer`, `rljax.models.cache.CACHE_AXES`); `RULES`
-maps those names to mesh axes, the way flax's lm1b example does.
+maps those names to mesh axes, the way flax's lm1b example does. This module knows the names
+only, not the model, and imports nothing from rljax: any layer may build meshes and shardings.
 
 Odd sizes. A dimension is only sharded over mesh axes whose (product of) sizes divide it: when a
 concrete sharding is built for a concrete shape (`logical_to_spec` and everything built on it),
@@ -19,41 +13,19 @@ kernels replicated over 'tensor' (they stay sharded over 'fsdp' along 'embed'), 
 on data=2, fsdp=2 is split over 'data' only. The dropped axis is not reassigned to another
 dimension. Activation constraints inside the model go through flax's shape-blind resolution; XLA
 pads a dimension that a constraint splits unevenly, which is correct but wastes a little work.
-
-Typical use:
-    sharding.initialize_distributed()                 # first thing; no-op on one host
-    mesh = sharding.make_mesh(data=-1, fsdp=2, tensor=2)
-    params = sharding.init_sharded(cfg, key, mesh)    # or shard_params(cfg, params, mesh)
-    tokens = jax.device_put(tokens, sharding.batch_sharding(mesh, 2))
-    with sharding.use_mesh(mesh):                     # the model's activation constraints apply
-        logits, _ = models.apply(cfg, params, tokens)
-    host_logits = sharding.to_host(logits)            # whole, on every process
-
-Several processes (one per host, `initialize_distributed`) run the same program: `to_host` gives
-each of them the whole of an array that spans them all, `any_process` a decision they share, and
-`process_0_first` orders the writing of files they read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
-from rljax import models
-from rljax.models.cache import CACHE_AXES, init_cache
-from rljax.models.config import ModelConfig
-
 MESH_AXES = ("data", "fsdp", "tensor")
-T = TypeVar("T")
 
 MeshAxes = str | tuple[str, ...] | None
 Rules = tuple[tuple[str, MeshAxes], ...]
@@ -180,54 +152,6 @@ def logical_to_sharding(logical_spec: Sequence[str | None], shape: Sequence[int]
     return NamedSharding(mesh, logical_to_spec(logical_spec, shape, mesh, rules))
 
 
-def _tree_shardings(axes_tree, shapes_tree, mesh, rules: Rules):
-    """Maps a pytree of logical specs and the matching pytree of shapes to `NamedSharding`s."""
-    return jax.tree.map(
-        lambda axes, leaf: logical_to_sharding(axes, leaf.shape, mesh, rules),
-        axes_tree,
-        shapes_tree,
-        is_leaf=lambda x: isinstance(x, (PartitionSpec, tuple)),
-    )
-
-
-def param_shardings(cfg: ModelConfig, mesh: Mesh | AbstractMesh, rules: Rules = RULES) -> dict:
-    """A pytree of `NamedSharding`s matching `models.init(cfg, key)`.
-
-    Shapes come from `jax.eval_shape`, so this is cheap for full-size presets and never
-    allocates parameters. An `AbstractMesh` gives shardings for planning without devices.
-    """
-    shapes = jax.eval_shape(functools.partial(models.init, cfg), jax.random.PRNGKey(0))
-    return _tree_shardings(models.param_axes(cfg), shapes, mesh, rules)
-
-
-def shard_params(cfg: ModelConfig, params: dict, mesh: Mesh, rules: Rules = RULES) -> dict:
-    """`params` placed on `mesh` by the logical-axis rules (a `jax.device_put` of every leaf).
-
-    On several processes every process must pass the same values (JAX checks this). To create
-    parameters too large for one device, use `init_sharded` instead.
-    """
-    shardings = param_shardings(cfg, mesh, rules)
-    if jax.tree.structure(params) != jax.tree.structure(shardings):
-        raise ValueError(
-            f"params do not have the layout of models.init for this config (scan_layers="
-            f"{cfg.scan_layers}); convert with models.stack_layers / models.unstack_layers"
-        )
-    return jax.device_put(params, shardings)
-
-
-def init_sharded(cfg: ModelConfig, key: jax.Array, mesh: Mesh, rules: Rules = RULES) -> dict:
-    """`models.init(cfg, key)` created directly in its sharded layout.
-
-    `models.init` is compiled with the parameter shardings as `out_shardings`, so each device
-    only ever holds its own shards: no full-size parameter is materialised on one device. The
-    values equal `models.init(cfg, key)` (JAX's partitionable threefry RNG does not depend on
-    the sharding).
-    """
-    key = jax.device_put(key, NamedSharding(mesh, PartitionSpec()))
-    init = jax.jit(functools.partial(models.init, cfg), out_shardings=param_shardings(cfg, mesh, rules))
-    return init(key)
-
-
 def batch_sharding(mesh: Mesh, ndim: int, *, batch_size: int | None = None,
                    rules: Rules = RULES) -> NamedSharding:
     """Sharding of a [B, ...] array of rank `ndim`: B split over the data-parallel axes.
@@ -244,13 +168,6 @@ def batch_sharding(mesh: Mesh, ndim: int, *, batch_size: int | None = None,
     return logical_to_sharding(("batch",), shape, mesh, rules)
 
 
-def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch_size: int, max_len: int,
-                    rules: Rules = RULES) -> dict:
-    """`NamedSharding`s matching `models.init_cache(cfg, batch_size, max_len)` (CACHE_AXES)."""
-    shapes = jax.eval_shape(lambda: init_cache(cfg, batch_size, max_len))
-    return _tree_shardings(CACHE_AXES, shapes, mesh, rules)
-
-
 @contextlib.contextmanager
 def use_mesh(mesh: Mesh, rules: Rules = RULES) -> Iterator[Mesh]:
     """Context in which the model's `nn.with_logical_constraint`s shard activations on `mesh`.
@@ -262,101 +179,3 @@ def use_mesh(mesh: Mesh, rules: Rules = RULES) -> Iterator[Mesh]:
     """
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield mesh
-
-
-# Environment variables that give the number of processes a launcher started. Slurm's
-# SLURM_NTASKS is not among them: sbatch sets it in the batch script, which is one process.
-_PROCESS_COUNT_VARS = (
-    "JAX_NUM_PROCESSES",  # explicit, with JAX_COORDINATOR_ADDRESS and JAX_PROCESS_ID
-    "SLURM_STEP_NUM_TASKS",  # srun
-    "OMPI_COMM_WORLD_SIZE",  # Open MPI mpirun
-)
-# Comma-separated worker lists of a multi-host Cloud TPU slice on GKE.
-_TPU_WORKER_VARS = ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES")
-# Keyword arguments of jax.distributed.initialize that ask for a multi-process run.
-_EXPLICIT_KWARGS = ("coordinator_address", "num_processes", "cluster_detection_method")
-
-
-def _launched_as_several_processes() -> bool:
-    """Whether a launcher's environment variables say this is one of several processes."""
-    for var in _PROCESS_COUNT_VARS:
-        if os.environ.get(var):
-            return int(os.environ[var]) > 1
-    for var in _TPU_WORKER_VARS:
-        if os.environ.get(var):
-            return len(os.environ[var].split(",")) > 1
-    return bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
-
-
-def initialize_distributed(**kwargs) -> bool:
-    """Joins the multi-process JAX runtime when this process is one of several; returns whether
-    it is (afterwards `jax.devices()` lists the devices of every process).
-
-    Calls `jax.distributed.initialize(**kwargs)` when the environment shows a multi-process
-    launch (JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID, srun with several
-    tasks, Open MPI's mpirun, a multi-host Cloud TPU slice on GKE), or when `kwargs` ask for one
-    (`coordinator_address`, `num_processes` > 1 or `cluster_detection_method`, e.g. "gcetpu" on
-    a multi-host TPU VM slice, whose worker list is in the metadata server, not the environment).
-    JAX auto-detects the coordinator and process id on Slurm, Open MPI and TPU.
-    Idempotent, and a no-op on a single process. Must run before any other JAX call.
-    """
-    if jax.distributed.is_initialized():
-        return True
-    requested = {k: kwargs[k] for k in _EXPLICIT_KWARGS if kwargs.get(k) is not None}
-    if requested.get("num_processes") == 1:
-        return False
-    if not requested and not _launched_as_several_processes():
-        return False
-    if os.environ.get("JAX_NUM_PROCESSES"):
-        kwargs.setdefault("num_processes", int(os.environ["JAX_NUM_PROCESSES"]))
-    if os.environ.get("JAX_PROCESS_ID"):
-        kwargs.setdefault("process_id", int(os.environ["JAX_PROCESS_ID"]))
-    jax.distributed.initialize(**kwargs)
-    return True
-
-
-# -- several processes: what every process runs in step, on values each sees only in part --------
-def to_host(tree):
-    """`tree`'s arrays as NumPy values that every process holds whole: the host copy that decoding,
-    reward scoring and metrics read.
-
-    On one process `jax.device_get`. On several, an array that spans other processes' devices
-    (a batch split over data x fsdp, sharded params) is gathered from all of them
-    (`multihost_utils.process_allgather`); any other value is this process's own. The gather is
-    a collective: every process must call `to_host` on the same arrays in the same order, as
-    SPMD code does.
-    """
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
-
-    def fetch(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return multihost_utils.process_allgather(x, tiled=True)
-        return np.asarray(x)
-
-    return jax.tree.map(fetch, tree)
-
-
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is true on any process (a collective on several), so that all of them take
-    the same branch: stop, or fall back to an older checkpoint, together."""
-    if jax.process_count() == 1:
-        return bool(flag)
-    from jax.experimental import multihost_utils
-
-    return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
-
-
-def process_0_first(name: str, fn: Callable[[], T]) -> T:
-    """`fn()` on process 0, then on the others once it has returned: for work that writes files
-    other processes read when they share a filesystem (a tokenizer trained into the workdir, a
-    dataset prepared into the data dir), which would otherwise be written by all at once, or read
-    half-written. `name` labels the barrier. On one process, `fn()`."""
-    if jax.process_count() == 1:
-        return fn()
-    from jax.experimental import multihost_utils
-
-    result = fn() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices(name)
-    return result if jax.process_index() == 0 else fn()

@@ -1,0 +1,73 @@
+"""Model-aware placement: the shardings of the parameters of `models.init` and of the KV cache of
+`models.init_cache` on a mesh, by the logical-axis rules of `rljax.sharding.mesh`, and parameters
+placed or created with them.
+
+Shapes come from `jax.eval_shape`, so the shardings of full-size presets cost nothing to plan.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
+
+from rljax import models
+from rljax.models.cache import CACHE_AXES, init_cache
+from rljax.models.config import ModelConfig
+from rljax.sharding.mesh import RULES, Rules, logical_to_sharding
+
+
+def _tree_shardings(axes_tree, shapes_tree, mesh, rules: Rules):
+    """Maps a pytree of logical specs and the matching pytree of shapes to `NamedSharding`s."""
+    return jax.tree.map(
+        lambda axes, leaf: logical_to_sharding(axes, leaf.shape, mesh, rules),
+        axes_tree,
+        shapes_tree,
+        is_leaf=lambda x: isinstance(x, (PartitionSpec, tuple)),
+    )
+
+
+def param_shardings(cfg: ModelConfig, mesh: Mesh | AbstractMesh, rules: Rules = RULES) -> dict:
+    """A pytree of `NamedSharding`s matching `models.init(cfg, key)`.
+
+    Shapes come from `jax.eval_shape`, so this is cheap for full-size presets and never
+    allocates parameters. An `AbstractMesh` gives shardings for planning without devices.
+    """
+    shapes = jax.eval_shape(functools.partial(models.init, cfg), jax.random.PRNGKey(0))
+    return _tree_shardings(models.param_axes(cfg), shapes, mesh, rules)
+
+
+def shard_params(cfg: ModelConfig, params: dict, mesh: Mesh, rules: Rules = RULES) -> dict:
+    """`params` placed on `mesh` by the logical-axis rules (a `jax.device_put` of every leaf).
+
+    On several processes every process must pass the same values (JAX checks this). To create
+    parameters too large for one device, use `init_sharded` instead.
+    """
+    shardings = param_shardings(cfg, mesh, rules)
+    if jax.tree.structure(params) != jax.tree.structure(shardings):
+        raise ValueError(
+            f"params do not have the layout of models.init for this config (scan_layers="
+            f"{cfg.scan_layers}); convert with models.stack_layers / models.unstack_layers"
+        )
+    return jax.device_put(params, shardings)
+
+
+def init_sharded(cfg: ModelConfig, key: jax.Array, mesh: Mesh, rules: Rules = RULES) -> dict:
+    """`models.init(cfg, key)` created directly in its sharded layout.
+
+    `models.init` is compiled with the parameter shardings as `out_shardings`, so each device
+    only ever holds its own shards: no full-size parameter is materialised on one device. The
+    values equal `models.init(cfg, key)` (JAX's partitionable threefry RNG does not depend on
+    the sharding).
+    """
+    key = jax.device_put(key, NamedSharding(mesh, PartitionSpec()))
+    init = jax.jit(functools.partial(models.init, cfg), out_shardings=param_shardings(cfg, mesh, rules))
+    return init(key)
+
+
+def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch_size: int, max_len: int,
+                    rules: Rules = RULES) -> dict:
+    """`NamedSharding`s matching `models.init_cache(cfg, batch_size, max_len)` (CACHE_AXES)."""
+    shapes = jax.eval_shape(lambda: init_cache(cfg, batch_size, max_len))
+    return _tree_shardings(CACHE_AXES, shapes, mesh, rules)
