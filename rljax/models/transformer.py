@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from rljax.models import cache as kv_cache
 from rljax.models.config import ModelConfig, embedding_scale
+from rljax.models.head import head_logits
 from rljax.models.rope import apply_rope, inverse_frequencies, rope_angles
 
 # Logical names of the activations at block boundaries.
@@ -102,7 +103,7 @@ def _einsum_rows(spec: str, x, w):
 
 
 class Embed(nn.Module):
-    """Token embedding [V, D]; `attend` is the tied LM head."""
+    """Token embedding [V, D]; `attend` is the tied LM head (`head.head_logits` on the table)."""
 
     cfg: ModelConfig
 
@@ -124,8 +125,25 @@ class Embed(nn.Module):
         return x * jnp.asarray(embedding_scale(self.cfg), self.cfg.compute_dtype)
 
     def attend(self, x):
-        emb = self.embedding.astype(self.cfg.compute_dtype)
-        return jnp.einsum("BTD,VD->BTV", x, emb, preferred_element_type=jnp.float32)
+        return head_logits(self.cfg, self.embedding, x)
+
+
+class UntiedHead(nn.Module):
+    """The untied LM head: its kernel W [D, V] (initialised with variance 1 / D, like `Linear`'s),
+    applied by `head.head_logits`."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.normal(cfg.d_model**-0.5), ("embed", "vocab")),
+            (cfg.d_model, cfg.vocab_size),
+            cfg.weight_dtype,
+        )
+        return head_logits(cfg, kernel, x)
 
 
 class Attention(nn.Module):
@@ -307,15 +325,7 @@ class Transformer(nn.Module):
                     param_dtype=cfg.weight_dtype, name="final_norm")(x)
         outputs = {"hidden": x}
         if cfg.lm_head:
-            if cfg.tie_embeddings:
-                logits = embed.attend(x)
-            else:
-                logits = Linear("BTD,DV->BTV", (cfg.d_model, cfg.vocab_size), ("embed", "vocab"),
-                                dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, name="lm_head")(x)
-            logits = logits.astype(jnp.float32)
-            if cfg.final_softcap is not None:
-                logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-            outputs["logits"] = logits
+            outputs["logits"] = embed.attend(x) if cfg.tie_embeddings else UntiedHead(cfg, name="lm_head")(x)
         if cfg.value_head:
             values = Linear("BTD,DO->BTO", (cfg.d_model, 1), ("embed", "head_out"), use_bias=True,
                             dtype=jnp.float32, param_dtype=cfg.weight_dtype, name="value_head")(x)
