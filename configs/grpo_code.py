@@ -1,6 +1,6 @@
 """GRPO on the `code` task: a from-scratch transformer writes one-line Python functions
 ("Write a Python function g(xs) that returns ...") and is rewarded 1 when its program passes the
-problem's hidden asserts, run in the bubblewrap sandbox (`rljax.rewards.code.run_code`; needs
+problem's hidden asserts, run in the bubblewrap sandbox (`rljax.rewards.sandbox.run_code`; needs
 `apt-get install bubblewrap`, and refuses to start without it).
 
 A short SFT warm start on the reference solutions first, so that some samples parse at all;
@@ -25,10 +25,9 @@ def get_config():
     config.data.update(max_prompt_tokens=44, max_answer_tokens=30)
     config.model.overrides.update(max_seq_len=80)
     config.sft.update(steps=200, batch_size=32)
-    config.rl.update(
-        algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=10, prompts_per_step=8,
-        group_size=4, max_new_tokens=30, temperature=1.0, learning_rate=3e-4, beta=0.0,
-        agg="seq-mean-token-mean", clip_eps=0.2,
-    )
+    config.rl.update(advantage="grpo", surrogate="ppo", steps=10, prompts_per_step=8, group_size=4,
+                     agg="seq-mean-token-mean")
+    config.rl.sampling.update(max_new_tokens=30, temperature=1.0)
+    config.rl.optim.learning_rate = 3e-4
     config.eval.update(every=5, num_examples=32, batch_size=32)
     return config

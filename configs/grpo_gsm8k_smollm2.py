@@ -23,9 +23,12 @@ def get_config():
     config.model.update(source="gguf", path="")
     config.data.update(max_prompt_tokens=256, max_answer_tokens=192)
     config.sft.steps = 0
-    config.rl.update(algorithm="grpo", estimator="grpo", policy_loss="grpo", steps=20, prompts_per_step=4,
-                     group_size=4, max_new_tokens=192, temperature=1.0, learning_rate=1e-6, beta=0.04,
-                     kl_estimator="k3", agg="seq-mean-token-mean", micro_batches=4)
+    config.task.validation_size = 32
+    config.rl.update(advantage="grpo", surrogate="ppo", steps=20, prompts_per_step=4, group_size=4,
+                     agg="seq-mean-token-mean", micro_batches=4)
+    config.rl.kl.update(placement="loss", estimator="k3", coef=0.04)
+    config.rl.sampling.update(max_new_tokens=192, temperature=1.0)
+    config.rl.optim.learning_rate = 1e-6
     config.eval.update(every=10, num_examples=32, batch_size=16)
     config.checkpoint.update(every=5, keep=2)
     return config

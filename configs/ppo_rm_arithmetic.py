@@ -17,6 +17,8 @@ gives PPO a critic initialised from the reward model instead (InstructGPT's), at
 per iteration.
 """
 
+import ml_collections
+
 from configs import reward_model_arithmetic
 
 
@@ -24,11 +26,14 @@ def get_config():
     config = reward_model_arithmetic.get_config()
     config.model.overrides.value_head = True
     config.data.max_prompt_tokens = 16  # every prompt is 15 tokens
-    config.sft.lr_final_fraction = 0.1
+    config.sft.optim.lr_final_fraction = 0.1
     config.preference.reward_model.use_in_rl = True
-    config.rl.update(algorithm="ppo", policy_loss="ppo", agg="token-mean", steps=250, prompts_per_step=32,
-                     group_size=8, max_new_tokens=6, temperature=1.0, learning_rate=2e-4, warmup_steps=25,
-                     lr_decay="cosine", beta=1.0, kl_in_reward=True, kl_estimator="k1", epochs=1, minibatches=1,
-                     value_coef=0.1, value_clip=0.2, gamma=1.0, lam=0.95)
-    config.eval.update(every=50, num_examples=500, batch_size=250)
+    config.rl.update(advantage="gae", surrogate="ppo", agg="token-mean", steps=250, prompts_per_step=32,
+                     group_size=8, epochs=1, minibatches=1, value_coef=0.1, value_clip=0.2)
+    config.rl.advantage_hparams = ml_collections.ConfigDict(dict(gamma=1.0, lam=0.95))
+    config.rl.surrogate_hparams = ml_collections.ConfigDict(dict(clip_eps=0.2))
+    config.rl.kl.update(placement="reward", estimator="k1", coef=1.0)
+    config.rl.sampling.update(max_new_tokens=6, temperature=1.0)
+    config.rl.optim.update(learning_rate=2e-4, warmup_steps=25, lr_decay="cosine")
+    config.eval.update(every=50, num_examples=500, batch_size=100)
     return config

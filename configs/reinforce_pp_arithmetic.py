@@ -6,6 +6,6 @@ from configs import grpo_arithmetic
 
 def get_config():
     config = grpo_arithmetic.get_config()
-    config.rl.update(estimator="reinforce_pp_baseline", policy_loss="ppo", agg="token-mean",
-                     beta=0.01, kl_in_reward=True, kl_estimator="k1")
+    config.rl.update(advantage="reinforce_pp_baseline", surrogate="ppo", agg="token-mean")
+    config.rl.kl.update(placement="reward", estimator="k1", coef=0.01)
     return config

@@ -12,6 +12,7 @@ def get_config():
     # Every distinct wrong sample of a prompt is a rejected answer (4-5 per prompt): with one
     # pair per prompt the 500 steps pass over the same 2,800 pairs 11 times.
     config.preference.pairs.pairs_per_prompt = 8
-    config.preference.reward_model.update(steps=500, learning_rate=1e-3)
+    config.preference.reward_model.steps = 500
+    config.preference.reward_model.optim.learning_rate = 1e-3
     config.preference.reward_model.hparams.sft_coef = 1.0
     return config

@@ -6,5 +6,6 @@ from configs import grpo_arithmetic
 
 def get_config():
     config = grpo_arithmetic.get_config()
-    config.rl.update(estimator="rloo", policy_loss="reinforce", agg="token-mean")
+    config.rl.update(advantage="rloo", surrogate="reinforce", agg="token-mean")
+    config.rl.surrogate_hparams = {}
     return config

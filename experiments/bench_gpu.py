@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -38,18 +37,16 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train, beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_common and bench_train, beside this file
 
+import bench_common  # noqa: E402
 import bench_train  # noqa: E402
 
 from rljax import generate, models  # noqa: E402
 from rljax.models import cost  # noqa: E402
-from rljax.train.objectives import make_objective  # noqa: E402
 from rljax.train.state import TrainState  # noqa: E402
-from rljax.train.steps import make_policy_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -77,13 +74,8 @@ def datasheet_bf16(device_kind: str) -> float | None:
 
 def _median_time(fn, repeats: int) -> float:
     """fn() once untimed (compilation), then the median wall time of `repeats` calls."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    timing = bench_common.time_calls(lambda _: jax.block_until_ready(fn()), repeats)
+    return statistics.median(timing["times_s"])
 
 
 def ceilings(size: dict) -> dict:
@@ -137,18 +129,16 @@ def train_step(size: dict, peak: float | None, matmul_flops_per_s: float, report
     cfg = models.get_config(size["preset"], dtype="bfloat16", param_dtype="float32")
     optimizer = optax.adamw(bench_train.LR, b1=bench_train.B1, b2=bench_train.B2, eps=bench_train.EPS,
                             weight_decay=bench_train.WD)
-    objective = make_objective("grpo", agg="seq-mean-token-mean", beta=bench_train.BETA,
-                               clip_eps=bench_train.CLIP_EPS)
-    step = jax.jit(make_policy_step(cfg, optimizer, objective), donate_argnums=0)
+    step, to_batch = bench_train.rljax_update(cfg, optimizer)
     key = jax.random.PRNGKey(0)
     params = models.init(cfg, key)
-    holder = {"state": TrainState.create(params, optimizer, key)}
-    batch = jax.device_put(bench_train.rljax_batch(bench_train.make_batch(
+    holder = {"state": TrainState.create({"policy": params}, optimizer, key)}
+    batch = to_batch(jax.device_put(bench_train.rljax_batch(bench_train.make_batch(
         rows=t["rows"], prompt=t["prompt"], completion=t["completion"], group=t["group"],
-        vocab=cfg.vocab_size)))
+        vocab=cfg.vocab_size))))
 
     def one_step():
-        holder["state"], metrics = step(holder["state"], batch, key)
+        holder["state"], metrics = step(holder["state"], batch)
         return holder["state"], metrics
 
     step_s = _median_time(one_step, size["repeats"])
@@ -168,10 +158,7 @@ def train_step(size: dict, peak: float | None, matmul_flops_per_s: float, report
 
 def _write(path: Path, gpu: dict) -> None:
     """Sets the `gpu` entry of a results file, keeping everything else in it."""
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data["gpu"] = gpu
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    bench_common.write_results(path, {**bench_common.read_results(path), "gpu": gpu})
 
 
 def main(argv=None) -> dict:
@@ -189,7 +176,8 @@ def main(argv=None) -> dict:
 
     device = jax.devices()[0]
     common = dict(device=device.device_kind, platform=device.platform, jax=jax.__version__,
-                  measured=time.strftime("%Y-%m-%d"), method="experiments/bench_gpu.py")
+                  measured=time.strftime("%Y-%m-%d"), method="experiments/bench_gpu.py",
+                  machine=bench_common.machine())
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}", flush=True)
     ceiling = ceilings(size)  # the roofline and MFU below are relative to it
     print(f"copy {ceiling['copy_bytes_per_s'] / 1e9:.0f} GB/s, bf16 matmul "
@@ -199,7 +187,7 @@ def main(argv=None) -> dict:
 
     def save():
         if args.out:
-            Path(args.out).write_text(json.dumps(everything, indent=2) + "\n")
+            bench_common.write_results(args.out, everything)
             return
         if gen_report:
             _write(RESULTS / "bench_generate.json", dict(**common, ceilings=ceiling, **gen_report))
@@ -212,15 +200,16 @@ def main(argv=None) -> dict:
         train_step(size, datasheet_bf16(device.device_kind), ceiling["matmul_flops_per_s"], train_report)
     save()
 
-    print(f"\n{'measurement':<28} {'figure':>14}  target")
+    rows = [("measurement", "figure", "target")]
     for key, r in gen_report.items():
         if key.startswith("batch_"):
-            print(f"{'generate ' + key + ' tokens/s':<28} {r['tokens_per_s']:>14.0f}")
-            print(f"{'generate ' + key + ' roofline':<28} {r['roofline_fraction']:>14.1%}  >= 50%")
+            rows += [(f"generate {key} tokens/s", f"{r['tokens_per_s']:.0f}", ""),
+                     (f"generate {key} roofline", f"{r['roofline_fraction']:.1%}", ">= 50%")]
     if train_report:
         mfu = train_report["mfu"]
-        print(f"{'train step ms':<28} {train_report['step_s'] * 1e3:>14.1f}")
-        print(f"{'train step MFU':<28} {'n/a' if mfu is None else f'{mfu:.1%}':>14}  >= 40%")
+        rows += [("train step ms", f"{train_report['step_s'] * 1e3:.1f}", ""),
+                 ("train step MFU", "n/a" if mfu is None else f"{mfu:.1%}", ">= 40%")]
+    print("\n" + bench_common.table(rows))
     return everything
 
 

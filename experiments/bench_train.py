@@ -11,8 +11,9 @@ The optimiser is AdamW (lr 1e-5, betas 0.9/0.999, eps 1e-8, weight decay 0.01), 
 
 What each timed region is (one call = one optimiser update on prepared inputs; no generation, no
 reference or old-policy forward passes, no data loading):
-  rljax  `jax.jit(make_policy_step(cfg, optax.adamw(...), make_objective("grpo", ...)),
-          donate_argnums=0)(state, batch, key)`, blocked on the new state and the metrics.
+  rljax  `jax.jit(Learner(...).update, donate_argnums=0)(state, batch)`: the learner's one
+          optimiser update on a prepared `PolicyBatch` (what `learn` scans over), blocked on the
+          new state and the metrics.
   tunix  the jitted train step of tunix's RL actor trainer (`tunix.rl.trainer.Trainer`, a
           `PeftTrainer`) with the GRPO loss wired exactly as `GRPOLearner.__init__` wires it
           (`function_registry.get_policy_loss_fn("grpo")`), obtained with
@@ -44,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import bench_common
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "experiments" / "results" / "bench_train.json"
@@ -72,10 +74,10 @@ CLIP_EPS, BETA = 0.2, 0.04
 # ----------------------------------------------------------------------------- shared inputs
 
 TIMED_REGION = {
-    "rljax": "jax.jit(make_policy_step(cfg, optax.adamw(...), make_objective('grpo', ...)), donate_argnums=0)"
-             "(state, batch, key), blocked on the new state and the metrics: forward over all 128 positions, "
-             "log-probs of the loss-mask tokens (fused LM head), GRPO loss and its metrics, backward, "
-             "grad-norm metric, AdamW update",
+    "rljax": "jax.jit(Learner(...).update, donate_argnums=0)(state, batch), blocked on the new state and the "
+             "metrics: forward over all 128 positions, log-probs and entropies of the loss-mask tokens (fused LM "
+             "head), GRPO loss (PPO surrogate + k3 KL in the loss) and its metrics, backward, grad-norm metric, "
+             "AdamW update",
     "tunix": "tunix.rl.trainer.Trainer (the actor PeftTrainer of tunix's RLCluster) jitted train step from "
              "jit_train_and_eval_step(cache_nnx_graph=True) (nnx.jit, optimizer donated), with the registered "
              "'grpo' policy loss wired as GRPOLearner.__init__ wires it; blocked on loss, aux, grad norm and "
@@ -86,8 +88,8 @@ TIMED_REGION = {
            "head on the completion tokens only, log-probs and entropy, GRPO loss and metrics; backward) with "
            "_prepare_inputs (generation, scoring) replaced by the identity, then optimizer.step() "
            "(adamw_torch_fused, TRL's default), lr_scheduler.step(), optimizer.zero_grad(); PyTorch eager",
-    "rljax_baseline": "the rljax timed region with rljax as of --baseline-rev (before this benchmark's "
-                      "optimisations): full [B, T, V] logits, chunked log-softmax over every position",
+    "rljax_baseline": "the rljax timed region with rljax as of --baseline-rev (a revision with the learner, "
+                      "`rljax.train.learner`)",
 }
 FAIRNESS = [
     "float32 parameters, activations and optimizer state on every side",
@@ -179,15 +181,46 @@ def time_steps(run_step, repeats: int, steps: int) -> dict:
 
 # ----------------------------------------------------------------------------- workers
 
+def jax_threads() -> dict:
+    """What sets a JAX worker's CPU parallelism."""
+    import jax
+
+    return dict(jax_cpu_devices=len(jax.devices()), os_cpus=os.cpu_count(),
+                xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def rljax_update(cfg, optimizer):
+    """The rljax side's timed update: `Learner.update`, one GRPO optimiser step (PPO surrogate,
+    k3 KL in the loss, the loss above) on a prepared batch, jitted with the state donated; and
+    `to_batch`, make_batch's arrays (`rljax_batch`) as the `PolicyBatch` it takes."""
+    import jax
+    import jax.numpy as jnp
+
+    from rljax.train.config import KLConfig, RLConfig
+    from rljax.train.learner import Learner, PolicyBatch
+    from rljax.train.networks import Networks
+
+    rl = RLConfig(advantage="grpo", surrogate="ppo", surrogate_hparams={"clip_eps": CLIP_EPS},
+                  kl=KLConfig(placement="loss", estimator="k3", coef=BETA), agg="seq-mean-token-mean")
+    learner = Learner(Networks(cfg), rl, optimizer)
+
+    def to_batch(arrays: dict) -> PolicyBatch:
+        zeros = jnp.zeros(arrays["tokens"].shape, jnp.float32)
+        return PolicyBatch(tokens=arrays["tokens"], attention_mask=arrays["attention_mask"],
+                           loss_mask=arrays["loss_mask"], sampler_logp=arrays["old_logp"],
+                           old_logp=arrays["old_logp"], ref_logp=arrays["ref_logp"], advantages=arrays["advantages"],
+                           old_values=zeros, returns=zeros)
+
+    return jax.jit(learner.update, donate_argnums=0), to_batch
+
+
 def worker_rljax(repeats: int, steps: int, src: str | None = None) -> dict:
     sys.path.insert(0, src or str(ROOT))
     import jax
     import optax
 
     from rljax import models
-    from rljax.train.objectives import make_objective
     from rljax.train.state import TrainState
-    from rljax.train.steps import make_policy_step
 
     cfg = models.get_config("tiny", vocab_size=SHAPE["vocab_size"], d_model=SHAPE["d_model"],
                             n_layers=SHAPE["n_layers"], n_heads=SHAPE["n_heads"],
@@ -195,20 +228,19 @@ def worker_rljax(repeats: int, steps: int, src: str | None = None) -> dict:
                             mlp_dim=SHAPE["mlp_dim"], qk_norm=True, rope_theta=SHAPE["rope_theta"],
                             norm_eps=SHAPE["norm_eps"], tie_embeddings=True)
     optimizer = optax.adamw(LR, b1=B1, b2=B2, eps=EPS, weight_decay=WD)
-    objective = make_objective("grpo", agg="seq-mean-token-mean", beta=BETA, clip_eps=CLIP_EPS)
-    step = jax.jit(make_policy_step(cfg, optimizer, objective), donate_argnums=0)
+    step, to_batch = rljax_update(cfg, optimizer)
 
     key = jax.random.PRNGKey(0)
     params = models.init(cfg, key)
-    state = TrainState.create(params, optimizer, key)
+    state = TrainState.create({"policy": params}, optimizer, key)
 
-    batch = jax.device_put(rljax_batch(make_batch()))
+    batch = to_batch(jax.device_put(rljax_batch(make_batch())))
 
     holder = {"state": state}
     last = {}
 
     def run_step():
-        new_state, metrics = step(holder["state"], batch, key)
+        new_state, metrics = step(holder["state"], batch)
         jax.block_until_ready((new_state, metrics))
         holder["state"] = new_state
         last["metrics"] = metrics
@@ -217,16 +249,12 @@ def worker_rljax(repeats: int, steps: int, src: str | None = None) -> dict:
     out["loss_last"] = float(last["metrics"]["loss"])
     out["n_params"] = models.count_params(params)
     out["rljax_source"] = str(Path(models.__file__).resolve().parents[2])
-    out["versions"] = dict(jax=jax.__version__, jaxlib=jax.lib.__version__, optax=optax.__version__,
-                           flax=__import__("flax").__version__)
-    out["threads"] = dict(jax_cpu_devices=len(jax.devices()), os_cpus=os.cpu_count(),
-                          xla_flags=os.environ.get("XLA_FLAGS", ""))
+    out["versions"] = bench_common.versions("jax", "jaxlib", "optax", "flax")
+    out["threads"] = jax_threads()
     return out
 
 
 def worker_tunix(repeats: int, steps: int) -> dict:
-    import dataclasses
-
     import jax
     import jax.numpy as jnp
     import optax
@@ -292,18 +320,14 @@ def worker_tunix(repeats: int, steps: int) -> dict:
         trainer.close()
     out["loss_last"] = float(last["loss"])
     out["n_params"] = int(n_params)
-    import importlib.metadata as md
-    out["versions"] = dict(tunix=md.version("google-tunix"), jax=jax.__version__,
-                           flax=md.version("flax"), optax=md.version("optax"))
-    out["threads"] = dict(jax_cpu_devices=len(jax.devices()), os_cpus=os.cpu_count(),
-                          xla_flags=os.environ.get("XLA_FLAGS", ""))
+    found = bench_common.versions("google-tunix", "jax", "flax", "optax")
+    out["versions"] = {"tunix": found.pop("google-tunix"), **found}
+    out["threads"] = jax_threads()
     return out
 
 
 def worker_trl(repeats: int, steps: int) -> dict:
     import torch
-    import transformers
-    import trl
     from datasets import Dataset
     from tokenizers import Tokenizer
     from tokenizers import models as tok_models
@@ -368,7 +392,7 @@ def worker_trl(repeats: int, steps: int) -> dict:
         out = time_steps(run_step, repeats, steps)
     out["loss_last"] = last["loss"]
     out["n_params"] = int(n_params)
-    out["versions"] = dict(trl=trl.__version__, torch=torch.__version__, transformers=transformers.__version__)
+    out["versions"] = bench_common.versions("trl", "torch", "transformers")
     out["threads"] = dict(torch_num_threads=torch.get_num_threads(), os_cpus=os.cpu_count(),
                           attn_implementation=model.config._attn_implementation)
     return out
@@ -379,30 +403,12 @@ WORKERS = {"rljax": worker_rljax, "tunix": worker_tunix, "trl": worker_trl}
 
 # ----------------------------------------------------------------------------- orchestration
 
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return dict(cpu_model=cpu, cores=os.cpu_count(), platform=platform.platform(),
-                python=platform.python_version(),
-                memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-
-
 def run_worker(name: str, repeats: int, steps: int, src: str | None = None) -> dict:
     python = str(TUNIX_PYTHON) if name == "tunix" else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", name, "--repeats", str(repeats), "--steps", str(steps)]
     if src:
         cmd += ["--src", src]
-    before = loadavg()
+    before = bench_common.load_average()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
@@ -411,7 +417,7 @@ def run_worker(name: str, repeats: int, steps: int, src: str | None = None) -> d
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-8000:])
         raise RuntimeError(f"{name} worker failed with exit code {proc.returncode}")
     out = json.loads(lines[-1][len("RESULT "):])
-    out.update(loadavg_before=before, loadavg_after=loadavg(), worker_wall_s=round(wall, 1), python=python)
+    out.update(loadavg_before=before, loadavg_after=bench_common.load_average(), worker_wall_s=round(wall, 1), python=python)
     return out
 
 
@@ -479,7 +485,7 @@ def main():
         return None
 
     nb = make_batch()
-    previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    previous = bench_common.read_results(args.out)
     report = {
         "speedup_vs_tunix": speedup("tunix"),
         "speedup_vs_trl": speedup("trl"),
@@ -498,19 +504,17 @@ def main():
         "timed_region": TIMED_REGION,
         "fairness": FAIRNESS,
         "results": results,
-        "machine": {**machine(), "loadavg_at_end": loadavg()},
-        # Written by experiments/bench_gpu.py on an accelerator; a CPU run keeps it.
-        "gpu": previous.get("gpu") or "none yet: experiments/bench_gpu.py writes this on a GPU",
+        "machine": bench_common.machine("torch"),
+        "gpu": bench_common.kept_gpu_entry(previous),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    bench_common.write_results(args.out, report)
 
     print()
-    print(f"{'framework':<15} {'ms/step':>8} {'steps/s':>8} {'tokens/s':>9} {'compile s':>10} {'load avg 1m (min-max)':>22}")
-    for label, r in results.items():
-        loads = r["loadavg_1m"]
-        print(f"{label:<15} {r['step_s_median'] * 1e3:>8.1f} {r['steps_per_s']:>8.3f} {r['tokens_per_s']:>9.0f} "
-              f"{r['compile_s']:>10.1f} {min(loads):>14.2f}-{max(loads):<6.2f}")
+    print(bench_common.table(
+        [("framework", "ms/step", "steps/s", "tokens/s", "compile s", "load avg 1m (min-max)")]
+        + [(label, f"{r['step_s_median'] * 1e3:.1f}", f"{r['steps_per_s']:.3f}", f"{r['tokens_per_s']:.0f}",
+            f"{r['compile_s']:.1f}", f"{min(r['loadavg_1m']):.2f}-{max(r['loadavg_1m']):.2f}")
+           for label, r in results.items()]))
     for other in ("tunix", "trl", "rljax_baseline"):
         if speedup(other):
             print(f"rljax speedup vs {other}: {speedup(other):.2f}x (tokens/s)")

@@ -3,10 +3,10 @@
     python experiments/reliability.py [--out experiments/results/reliability.json]
 
 - resume_exact: a tiny SFT + GRPO run of experiments/train.py is sent SIGTERM and then SIGKILL,
-  each at a random logged step, resumed with the same --workdir, and compared with an
-  uninterrupted run; so is one killed between the SFT and RL stages (after the RL stage's first
-  row, before its first checkpoint): 1 when, for both, the parameters, optimiser state and every
-  non-timing metric are equal.
+  each at a logged step drawn from a seeded RNG ($RLJAX_FAULT_SEED, recorded in the details),
+  resumed with the same --workdir, and compared with an uninterrupted run; so is one killed
+  between the SFT and RL stages (after the RL stage's first row, before its first checkpoint):
+  1 when, for both, the parameters, optimiser state and every non-timing metric are equal.
 - sigterm_checkpoint: 1 when the SIGTERM'd run exited with status 143 and said where it saved.
 - multiprocess_equal: 1 when a sharded GRPO step, and a whole tiny SFT + GRPO experiment, on 2
   jax.distributed processes x 4 CPU devices equal the same on 1 process x 8 devices
@@ -50,41 +50,44 @@ def check_resume() -> dict:
     return {
         "resume_exact": int(all(r["differences"] == [] for r in runs)),
         "sigterm_checkpoint": int(term_code == 143 and "saved its checkpoint" in result["stderr"]),
-        "resume_detail": [{"kills": r["kills"], "differences": r["differences"]} for r in runs],
+        # The kill points come from the harness's seeded RNG: RLJAX_FAULT_SEED=<seed> replays them.
+        "resume_detail": [{"seed": r["seed"], "kills": r["kills"], "differences": r["differences"]} for r in runs],
     }
 
 
 def check_nan_steps() -> dict:
     import jax
-    import jax.numpy as jnp
     import numpy as np
 
     from rljax import models
-    from rljax.train.objectives import make_objective
+    from rljax.train.config import RLConfig
+    from rljax.train.learner import Learner
+    from rljax.train.networks import Networks
     from rljax.train.optim import make_optimizer
     from rljax.train.state import TrainState
-    from rljax.train.steps import make_policy_step
+    from rljax.train.trajectories import TrajectoryBatch
 
     cfg = models.get_config("tiny", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
                             vocab_size=64)
     optimizer = make_optimizer(1e-3, total_steps=10)
-    step = jax.jit(make_policy_step(cfg, optimizer, make_objective("grpo", clip_eps=0.2, beta=0.0)))
-    state = TrainState.create(models.init(cfg, jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1))
+    B, T, P, G = 8, 12, 4, 4
+    learner = Learner(Networks(cfg), RLConfig(prompts_per_step=B // G, group_size=G), optimizer)
+    learn = jax.jit(learner.learn)
+    state = TrainState.create({"policy": models.init(cfg, jax.random.PRNGKey(0))}, optimizer, jax.random.PRNGKey(1))
     rng = np.random.default_rng(0)
-    B, T, P = 8, 12, 4
     poisoned_at = {1, 2, 4}
     skipped_unchanged = 0
     for i in range(6):
         tokens = rng.integers(0, cfg.vocab_size, (B, T)).astype(np.int32)
-        loss_mask = np.arange(T)[None] >= P
-        advantages = rng.normal(size=B).astype(np.float32)
+        loss_mask = np.repeat(np.arange(T)[None] >= P, B, 0)
+        rewards = rng.normal(size=B).astype(np.float32)
         if i in poisoned_at:
-            advantages[rng.integers(B)] = np.nan
-        batch = {"tokens": tokens, "attention_mask": np.ones((B, T), bool), "loss_mask": np.repeat(loss_mask, B, 0),
-                 "old_logp": np.zeros((B, T), np.float32), "advantages": advantages}
-        new, metrics = step(state, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.PRNGKey(i))
-        unchanged = all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), new, state)))
-        if float(metrics["nonfinite"]) == 1.0 and unchanged:
+            rewards[rng.integers(B)] = np.nan
+        batch = TrajectoryBatch.from_rows(tokens, np.ones((B, T), bool), loss_mask, np.zeros((B, T)), rewards, G,
+                                          int(state.step))
+        new, metrics = learn(state, batch, jax.random.PRNGKey(i))
+        unchanged = all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), new, state)))
+        if float(metrics["nonfinite"][0]) == 1.0 and unchanged:
             skipped_unchanged += 1
         state = new
     return {"nan_steps_skipped": skipped_unchanged, "nan_steps_injected": len(poisoned_at)}

@@ -28,15 +28,14 @@ def main(argv):
     import jax
 
     from rljax import sharding
-    from configs import base
     from rljax.train import experiment, faults
-    from rljax.train.config_check import ConfigError
+    from rljax.train.config import ConfigError
 
     sharding.initialize_distributed()
     cache_dir = os.environ.get("RLJAX_COMPILE_CACHE", os.path.expanduser("~/.cache/rljax/jax"))
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     try:
-        results = experiment.run(_CONFIG.value, _WORKDIR.value, defaults=base.get_config())
+        results = experiment.run(_CONFIG.value, _WORKDIR.value)
     except ConfigError as error:  # one line per problem, no traceback
         sys.exit(str(error))
     except faults.Preempted as preempted:

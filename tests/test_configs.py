@@ -15,21 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # estimator_study.py configures the estimator study (tests/estimators runs it).
 CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "base.py", "estimator_study.py"))
+ALL_CONFIGS = CONFIGS + [os.path.join(ROOT, "configs", "base.py")]
 # Configs that run a real pretrained model rather than a from-scratch one.
 REAL_MODEL = {"grpo_gsm8k_smollm2.py"}
 # Configs whose rewards execute programs in the bubblewrap sandbox.
 NEEDS_SANDBOX = {"grpo_code.py"}
-
-
-def sandbox_problem():
-    """Why the code sandbox cannot run here, or None."""
-    from rljax.rewards import SandboxUnavailableError, check_sandbox
-
-    try:
-        check_sandbox()
-    except SandboxUnavailableError as e:
-        return str(e)
-    return None
 
 
 def load_config(path):
@@ -51,9 +41,11 @@ def shrink(config, real_model: bool):
         config.model.overrides.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16,
                                       mlp_dim=64)
         config.task.knobs.update(train_size=200, test_size=20)
+        config.task.validation_size = 4
         config.sft.update(steps=min(config.sft.steps, 1), batch_size=4)
-    config.rl.update(steps=min(config.rl.steps, 1), prompts_per_step=2, group_size=2, max_new_tokens=4,
-                     micro_batches=1, minibatches=min(config.rl.minibatches, 2))
+    config.rl.update(steps=min(config.rl.steps, 1), prompts_per_step=2, group_size=2, micro_batches=1,
+                     minibatches=min(config.rl.minibatches, 2))
+    config.rl.sampling.max_new_tokens = 4
     if "preference" in config:  # a few sampled pairs, one step of each preference stage
         config.preference.pairs.update(prompts=16, test_size=4)
         for stage in (config.preference.policy, config.preference.reward_model):
@@ -70,11 +62,11 @@ def test_configs_are_found():
             "reinforce_pp_arithmetic.py", "dapo_arithmetic.py", "grpo_gsm8k_smollm2.py"} <= names
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if os.path.basename(p) not in REAL_MODEL],
-                         ids=lambda p: os.path.basename(p)[:-3])
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, marks=pytest.mark.sandbox if os.path.basename(p) in NEEDS_SANDBOX else ())
+             for p in CONFIGS if os.path.basename(p) not in REAL_MODEL],
+    ids=lambda p: os.path.basename(p)[:-3])
 def test_config_runs_one_step(path, tmp_path):
-    if os.path.basename(path) in NEEDS_SANDBOX and (problem := sandbox_problem()):
-        pytest.skip(f"needs the bubblewrap sandbox: {problem}")
     config = shrink(load_config(path), real_model=False)
     results = experiment.run(config, str(tmp_path))
     assert 0.0 <= results["accuracy_after_rl"] <= 1.0

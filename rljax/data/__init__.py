@@ -1,6 +1,6 @@
 """Data for RL on language models: task datasets (tfds builders), prompts, sampling, batching.
 
-  tasks       load_task(name, split, data_dir=None, **knobs) -> TaskSource; TASKS
+  tasks       load_task(name, split, data_dir=None, **knobs) -> TaskSource; TASKS; hold_out
   arithmetic, countdown, gsm8k, code   the tfds builders and their configs (knobs)
   builder     TaskConfig / TaskBuilder, the machinery the builders share
   sampler     PromptSampler: seeded per-epoch order, resumable from one integer
@@ -17,6 +17,7 @@ import importlib
 
 _EXPORTS = {
     "load_task": "tasks", "TaskSource": "tasks", "TASKS": "tasks", "default_data_dir": "tasks",
+    "hold_out": "tasks",
     "PromptSampler": "sampler",
     "plain_prompt": "prompts", "plain_target": "prompts", "chat_messages": "prompts",
     "tokenizer_corpus": "corpus",

@@ -46,7 +46,24 @@ def _to_python(value: Any) -> Any:
     return value
 
 
-class TaskSource(Sequence):
+class _RandomAccess(Sequence):
+    """`len` and `[i]` (negative i and slices too) over `_get(i)` for 0 <= i < len."""
+
+    def _get(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        index = operator.index(index)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {self!r}")
+        return self._get(index)
+
+
+class TaskSource(_RandomAccess):
     """One split of a task, random access: `len(source)`, `source[i]` -> an example dict.
 
     Examples hold plain Python values: `id`, `question`, `answer` (str) and the task's own fields
@@ -61,14 +78,7 @@ class TaskSource(Sequence):
     def __len__(self) -> int:
         return len(self.data_source)
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        index = operator.index(index)
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {self!r}")
+    def _get(self, index: int) -> dict:
         return {key: _to_python(value) for key, value in self.data_source[index].items()}
 
     def __repr__(self) -> str:
@@ -104,3 +114,31 @@ def open_split(builder_cls: type[TaskBuilder], name: str, split: str,
                               download=True)
     return TaskSource(name, split, config, source)
 
+
+
+class Slice(_RandomAccess):
+    """Examples start .. stop - 1 of a random-access source, itself random access (no copy)."""
+
+    def __init__(self, source: Sequence, start: int, stop: int):
+        if not 0 <= start <= stop <= len(source):
+            raise ValueError(f"slice [{start}, {stop}) does not fit a source of {len(source)} examples")
+        self.source, self.start, self.stop = source, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def _get(self, index: int) -> Any:
+        return self.source[self.start + index]
+
+    def __repr__(self) -> str:
+        return f"Slice({self.source!r}, {self.start}, {self.stop})"
+
+
+def hold_out(source: Sequence, size: int) -> tuple[Slice, Slice]:
+    """(the first len - size examples, the last `size`): a validation split carved from the end
+    of a training split, disjoint from what is trained on. Task splits are prefix-stable (a
+    larger train_size extends the training split), so raising train_size by `size` keeps the
+    examples trained on exactly as they were."""
+    if not 0 <= size < len(source):
+        raise ValueError(f"cannot hold out {size} of {len(source)} examples: keep at least one to train on")
+    return Slice(source, 0, len(source) - size), Slice(source, len(source) - size, len(source))

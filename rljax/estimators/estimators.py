@@ -2,7 +2,8 @@
 
 An estimator samples G responses to each of the P prompts, builds a surrogate loss from the
 library's pieces and returns −∇_θ loss (loss = −objective, so −∇loss estimates ∇J). It is
-described by a `Spec` of four independent choices:
+described by a `Spec` of four independent choices; the advantage and the surrogate are rows of
+`rljax.losses.registry`, the table the trainer reads too (every critic-free advantage row):
 
   advantage  how sequence rewards r_i become advantages A_i (groups of G per prompt):
     none          A = r                                        REINFORCE (Williams 1992)
@@ -47,37 +48,16 @@ import jax
 import jax.numpy as jnp
 
 from rljax import losses
+from rljax.losses import registry
 from rljax.estimators.exact import flatten
 from rljax.estimators.testbed import Batch
 
 sg = jax.lax.stop_gradient
 
 
-def _batch_mean(rewards, greedy):
-    # One group spanning the whole batch: r − mean over all P·G responses.
-    return losses.group_advantages(rewards.reshape(1, -1), normalize_std=False).reshape(rewards.shape)
-
-
-ADVANTAGES = {  # (rewards [P, G], greedy rewards [P] or None) -> advantages [P, G]
-    "none": lambda r, greedy: r,
-    "batch_mean": _batch_mean,
-    "rloo": lambda r, greedy: losses.rloo_advantages(r),
-    "grpo": lambda r, greedy: losses.group_advantages(r),
-    "dr_grpo": lambda r, greedy: losses.group_advantages(r, normalize_std=False),
-    "reinforce_pp": lambda r, greedy: losses.reinforce_pp_advantages(r),
-    "remax": losses.remax_advantages,
-}
-
-SURROGATES = {  # (logp, old_logp, advantages, mask, **aggregation keywords) -> (loss, metrics)
-    "reinforce": lambda logp, old, adv, mask, **agg: losses.reinforce_loss(logp, adv, mask, **agg),
-    "seq_is": lambda logp, old, adv, mask, **agg: losses.reinforce_loss(
-        logp, adv, mask, is_weights=jnp.exp(losses.seq_sum(logp - old, mask)), **agg
-    ),
-    "ppo": lambda logp, old, adv, mask, **agg: losses.ppo_policy_loss(logp, old, adv, mask, **agg),
-    "gspo": lambda logp, old, adv, mask, **agg: losses.gspo_loss(logp, old, adv, mask, **agg),
-    "cispo": lambda logp, old, adv, mask, **agg: losses.cispo_loss(logp, old, adv, mask, **agg),
-}
-ON_POLICY_SURROGATES = ("reinforce",)
+# The study's advantage and surrogate choices are rows of the one registry the trainer reads.
+ADVANTAGES = tuple(name for name, row in registry.ADVANTAGES.items() if not row.needs_critic)
+SURROGATES = tuple(registry.SURROGATES)
 
 KL_MODES = ("none", "reward-k1", "loss-k1", "loss-k2", "loss-k3", "loss-seq-k2")
 
@@ -94,8 +74,8 @@ class Spec:
 
     def __post_init__(self):
         for field, value, choices in (
-            ("advantage", self.advantage, tuple(ADVANTAGES)),
-            ("surrogate", self.surrogate, tuple(SURROGATES)),
+            ("advantage", self.advantage, ADVANTAGES),
+            ("surrogate", self.surrogate, SURROGATES),
             ("agg", self.agg, losses.AGG_MODES),
             ("kl", self.kl, KL_MODES),
         ):
@@ -105,7 +85,7 @@ class Spec:
     @property
     def stale(self):
         """True if the estimator samples from π_old (ratio ≠ 1)."""
-        return self.surrogate not in ON_POLICY_SURROGATES
+        return not registry.surrogate(self.surrogate).on_policy
 
 
 # The study's estimators, one choice changed at a time from `rloo`: RLOO advantages, the
@@ -211,12 +191,15 @@ def gradient_from_rollout(bed, params, data, spec="rloo", beta=0.0):
         greedy_rewards = sequence_rewards(
             bed, greedy, _logprobs(bed, sampler, greedy), _logprobs(bed, bed.ref_params, greedy), spec.kl, beta
         )
-    adv = ADVANTAGES[spec.advantage](rewards.reshape(bed.num_prompts, group_size), greedy_rewards)
-    adv = sg(adv.reshape(-1))
+    baseline = None if greedy_rewards is None else jnp.repeat(greedy_rewards, group_size)
+    inputs = registry.AdvantageInputs(rewards, losses.last_token_rewards(rewards, batch.mask), batch.mask, None,
+                                      baseline, group_size)
+    adv = sg(registry.compute_advantages(spec.advantage, inputs)[0])
 
     def loss(p):
         logp = bed.token_logprobs(p, batch.prompts, batch.tokens)
-        value, _ = SURROGATES[spec.surrogate](logp, old_logp, adv, batch.mask, agg=spec.agg, norm_len=bed.max_len)
+        value, _ = registry.surrogate_loss(spec.surrogate, logp, old_logp, adv, batch.mask, agg=spec.agg,
+                                           norm_len=bed.max_len)
         if spec.kl.startswith("loss-"):
             value = value + beta * kl_loss(logp, ref_logp, batch.mask, spec.kl[5:], spec.agg, bed.max_len)
         return value

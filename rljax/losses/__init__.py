@@ -16,6 +16,8 @@ V vocab.
   value        value_loss
   preference   dpo_loss, kto_loss, simpo_loss, orpo_loss, bradley_terry_loss
   sft          sft_loss
+  registry     ADVANTAGES, SURROGATES: estimator names -> these functions (the trainer's and the
+               estimator study's one table)
 """
 
 from .advantages import (

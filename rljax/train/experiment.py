@@ -1,316 +1,390 @@
-"""An experiment from a config: tokenizer, model, optional SFT warm start, RL, evaluation.
+"""An experiment from a config: tokenizer, model, SFT warm start, preference stages, RL, evaluation.
 
-`run(config, workdir)` is what `experiments/train.py` calls. Each stage checkpoints into
-`workdir/checkpoints/<stage>` and resumes from there, so rerunning with the same workdir
-continues where a run stopped; finished stages are not repeated. The run's devices are
-config.mesh (`build_mesh`): on more than one, the params are sharded and the SFT and RL steps,
-generation and the log-prob passes are SPMD programs over the mesh (`rljax.train.sharded`).
-Outputs in workdir: metrics.jsonl, tensorboard/, curves.png, results.json.
+`run(config, workdir)` is what `experiments/train.py` calls. The config is checked first
+(`rljax.train.config.experiment_config`: every problem at once, one line each), before anything
+is built or written. Each stage is a `rljax.train.stage.Stage` (checkpoints in
+`workdir/checkpoints/<stage>`, resume, metrics one iteration late), so rerunning with the same
+workdir continues where a run stopped and finished stages are not repeated.
 
-Several processes (`rljax.sharding.initialize_distributed`) run the same `run` with the same
-config and workdir, a filesystem they share (orbax writes every process's shards into one
-checkpoint). What the host reads (generated tokens to decode and score, metrics) is gathered
-whole on every process (`rljax.sharding.to_host`), so all of them take the same steps; process 0
-alone writes the outputs above.
+Splits: the last `task.validation_size` examples of the task's train split are the validation
+split. Evaluations during training (and so any sweep) read it; the test split is read once, at
+the end, for the policy before and after RL (`eval.final_test`).
+
+The run's devices are config.mesh (`build_mesh`): on more than one, the params are sharded and
+every step, generation and the learner are SPMD programs over the mesh. Several processes
+(`rljax.sharding.initialize_distributed`) run the same `run` with the same config and a workdir
+they share; what the host reads is gathered whole on every process (`rljax.sharding.to_host`), so
+all of them take the same steps, and process 0 alone writes the outputs: metrics.jsonl,
+tensorboard/, curves.png, results.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from rljax import models, sharding
 from rljax.data import tokenizers
 from rljax.data.batching import pad_sft
 from rljax.data.corpus import tokenizer_corpus
+from rljax.data.preference import load_preferences, unpaired
 from rljax.data.prompts import chat_messages, plain_prompt, plain_target
 from rljax.data.sampler import PromptSampler
-from rljax.data.tasks import load_task
+from rljax.data.tasks import hold_out, load_task
 from rljax.rewards import task_rewards
-from rljax.train.checkpoint import Checkpointer, abstract_like
-from rljax.train.config_check import check_config
-from rljax.train.faults import NonFiniteGuard, Preempted, Preemption
-from rljax.train.metrics import MetricsLogger, plot_curves, read_jsonl, to_python
-from rljax.train import preference
+from rljax.train import preference as preference_lib
 from rljax.train import reward_model as reward_model_lib
-from rljax.train.optim import make_optimizer
-from rljax.train.rl import RLConfig, RLTrainer, evaluate
+from rljax.train.config import ExperimentConfig, as_dict, experiment_config
+from rljax.train.faults import NonFiniteGuard, Preemption
+from rljax.train.learner import Learner
+from rljax.train.metrics import plot_curves, read_jsonl
+from rljax.train.networks import Networks
+from rljax.train.pairs import sampled_pairs_file
+from rljax.train.rollout import Collector, evaluate
 from rljax.train.sharded import MeshStep
+from rljax.train.stage import Stage
 from rljax.train.state import TrainState
 from rljax.train.steps import make_sft_step
 
 CURVES = ("sft/loss", "reward_mean", "eval/accuracy", "kl", "entropy", "response_length", "loss", "grad_norm",
-          "clipfrac", "generate_tokens_per_s")
+          "clipfrac_high", "generate_tokens_per_s")
 
 
-def _plain(config) -> dict:
-    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+class Splits(NamedTuple):
+    train: Sequence
+    validation: Sequence
+    test: Sequence
 
 
-# -- setup ----------------------------------------------------------------------------------------
-def build_tokenizer(config, workdir: str):
+# -- set-up ---------------------------------------------------------------------------------------
+def build_tokenizer(config: ExperimentConfig, workdir: str):
     """A SentencePiece tokenizer trained on the task corpus (from-scratch models), or the one
     inside the GGUF file of a pretrained model."""
-    kind = config.tokenizer.kind
-    if kind == "gguf":
+    if config.tokenizer.kind == "gguf":
         return models.load_gguf_tokenizer(config.model.path or models.gguf.smollm2_gguf_path())
-    if kind != "sentencepiece":
-        raise ValueError(f"tokenizer.kind={kind!r}: choose 'sentencepiece' or 'gguf'")
     prefix = os.path.join(workdir, "tokenizer")
     if not os.path.exists(prefix + ".model"):
-        texts = tokenizer_corpus(config.task.name, "train", data_dir=config.task.data_dir, **config.task.knobs)
+        task = config.task
+        texts = tokenizer_corpus(task.name, "train", data_dir=task.data_dir, **task.knobs)
         tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size)
     return tokenizers.SentencePieceTokenizer(prefix + ".model")
 
 
-def build_data(config, workdir: str):
-    """(tokenizer, train split, test split). On several processes process 0 builds them first
+def build_data(config: ExperimentConfig, workdir: str) -> tuple[Any, Splits]:
+    """(tokenizer, splits). On several processes process 0 builds them first
     (`sharding.process_0_first`): it trains the tokenizer into the workdir and prepares the task
     into the data dir, and the others then read those files instead of writing them too."""
     task = config.task
 
     def build():
         tokenizer = build_tokenizer(config, workdir)
-        return (tokenizer, *(load_task(task.name, split, data_dir=task.data_dir, **task.knobs)
-                             for split in ("train", "test")))
+        train, test = (load_task(task.name, split, data_dir=task.data_dir, **task.knobs) for split in ("train", "test"))
+        return tokenizer, Splits(*hold_out(train, task.validation_size), test)
 
     return sharding.process_0_first("tokenizer and task", build)
 
 
-def build_mesh(config) -> Mesh:
+def build_mesh(config: ExperimentConfig) -> Mesh:
     """The run's devices, from config.mesh (`sharding.make_mesh`'s data, fsdp, tensor). All sizes 1,
     the default, is this process's first device alone, whatever the host has: the one-device run
     of before meshes. Any other mesh spans every device of every process."""
-    sizes = dict(config.mesh)
-    return sharding.one_device_mesh() if set(sizes.values()) == {1} else sharding.make_mesh(**sizes)
+    m = config.mesh
+    return sharding.one_device_mesh() if m.one_device else sharding.make_mesh(m.data, m.fsdp, m.tensor)
 
 
-def build_model(config, tokenizer, key):
+def build_model(config: ExperimentConfig, tokenizer, key):
     """(cfg, params): a preset initialised from scratch, or a pretrained GGUF / HF checkpoint."""
     m = config.model
-    overrides = dict(m.overrides)
     if m.source == "scratch":
-        cfg = models.get_config(m.preset, vocab_size=tokenizer.vocab_size, **overrides)
+        cfg = models.get_config(m.preset, vocab_size=tokenizer.vocab_size, **m.overrides)
         return cfg, models.init(cfg, key)
     if m.source == "gguf":
-        cfg, params, _ = models.load_gguf(m.path or models.gguf.smollm2_gguf_path(), **overrides)
-    elif m.source == "hf":
-        cfg, params = models.load_hf(m.path, **overrides)
+        cfg, params, _ = models.load_gguf(m.path or models.gguf.smollm2_gguf_path(), **m.overrides)
     else:
-        raise ValueError(f"model.source={m.source!r}: choose 'scratch', 'gguf' or 'hf'")
+        cfg, params = models.load_hf(m.path, **m.overrides)
     if cfg.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{cfg.vocab_size}: use the model's own tokenizer (tokenizer.kind='gguf')")
     return cfg, params
 
 
-def prompt_function(config, tokenizer) -> Callable[[dict], str]:
+def prompt_function(config: ExperimentConfig, tokenizer) -> Callable[[dict], str]:
     if config.task.prompt == "plain":
         return plain_prompt
-    if config.task.prompt == "chat":
-        fmt = config.task.answer_format
-
-        def chat(example):
-            return tokenizer.apply_chat_template(chat_messages(example, fmt), add_generation_prompt=True)
-
-        return chat
-    raise ValueError(f"task.prompt={config.task.prompt!r}: choose 'plain' or 'chat'")
+    fmt = config.task.answer_format
+    return lambda example: tokenizer.apply_chat_template(chat_messages(example, fmt), add_generation_prompt=True)
 
 
-def rl_config(config) -> RLConfig:
-    known = {f.name for f in dataclasses.fields(RLConfig)}
-    given = _plain(config.rl)
-    if unknown := sorted(set(given) - known):
-        raise ValueError(f"unknown rl keys {unknown}; known: {sorted(known)}")
-    return RLConfig(**given)
+class Context(NamedTuple):
+    """What every stage of one run shares."""
+
+    config: ExperimentConfig
+    workdir: str
+    cfg: models.ModelConfig
+    tokenizer: Any
+    splits: Splits
+    prompt_fn: Callable[[dict], str]
+    mesh: Mesh
+    preemption: Preemption
+
+    def stage(self, name: str, total: int, state: TrainState, sampler, workdir: str | None = None,
+              **kwargs) -> Stage:
+        c = self.config
+        return Stage(name, workdir or self.workdir, total, state, sampler, checkpoint=c.checkpoint, log=c.log,
+                     preemption=self.preemption, **kwargs)
+
+    def guard(self) -> NonFiniteGuard:
+        return NonFiniteGuard(self.config.faults.max_consecutive_nonfinite)
 
 
 # -- stages ---------------------------------------------------------------------------------------
-class _Stage:
-    """Checkpointing and logging shared by the SFT and RL stages.
-
-    Iteration `it` is logged at x = log_offset + it on the run's shared step axis, so the SFT
-    and RL curves of one run sit side by side in metrics.jsonl and TensorBoard. A stage that logs
-    rows of its own before iteration 0 (the RL stage's evaluation of its starting policy) puts
-    them at x >= `first_logged`, so that a stage restarted from scratch drops them with the rest
-    of its rows instead of logging them twice. With a `preemption` flag, an iteration that ends
-    after SIGTERM saves a checkpoint and raises `Preempted`.
-    """
-
-    def __init__(self, name: str, config, workdir: str, total: int, state: TrainState, sampler: PromptSampler,
-                 log_offset: int, preemption: Preemption | None = None, first_logged: int | None = None):
-        self.name, self.total, self.log_offset, self.preemption = name, total, log_offset, preemption
-        self.ckpt = Checkpointer(os.path.join(workdir, "checkpoints", name), save_every=config.checkpoint.every,
-                                 keep=config.checkpoint.keep)
-        self.start, self.state, self.sampler = 0, state, sampler
-        if self.ckpt.latest_step() is not None:
-            self.state, meta = self.ckpt.restore(abstract_like(state))
-            self.start = meta["iteration"]
-            sampler.position = meta["data_position"]
-        self.logger = None
-        if self.start < total:
-            start_step = log_offset + self.start if self.start or first_logged is None else first_logged
-            self.logger = MetricsLogger(workdir, total_steps=total, start_step=start_step,
-                                        done_steps=self.start, tensorboard=config.log.tensorboard,
-                                        progress=config.log.progress, description=name)
-
-    def log(self, it: int, metrics: dict, keys=()):
-        self.logger.log(self.log_offset + it, to_python(metrics), progress_keys=keys)
-
-    def end_iteration(self, it: int, state: TrainState):
-        self.state = state
-        stop = self.preemption is not None and self.preemption.should_stop()
-        self.ckpt.maybe_save(it + 1, state, {"iteration": it + 1, "data_position": self.sampler.position},
-                             force=stop or it + 1 == self.total)
-        if stop:
-            self.ckpt.wait()
-            raise Preempted(self.name, it + 1, self.ckpt.directory)
-
-    def close(self):
-        self.ckpt.close()
-        if self.logger is not None:
-            self.logger.close()
-
-
-def run_sft(config, workdir, cfg, params, tokenizer, train_src, key, mesh: Mesh,
-            preemption: Preemption | None = None) -> tuple[Any, dict]:
-    """Supervised warm start on (prompt, answer + EOS) pairs of the training split, on `mesh`."""
-    sft = config.sft
-    optimizer = make_optimizer(sft.learning_rate, total_steps=sft.steps, warmup_steps=sft.warmup_steps,
-                               decay=sft.lr_decay, final_fraction=sft.lr_final_fraction,
-                               weight_decay=sft.weight_decay)
-    step = MeshStep(make_sft_step(cfg, optimizer, sft.micro_batches), mesh, models.param_axes(cfg))
-    sampler = PromptSampler(train_src, seed=config.seed)
+def run_sft(ctx: Context, params, key) -> tuple[Any, dict]:
+    """Supervised warm start on (prompt, answer + EOS) pairs of the training split."""
+    sft, data, tokenizer = ctx.config.sft, ctx.config.data, ctx.tokenizer
+    optimizer = sft.optim.make(sft.steps)
+    step = MeshStep(make_sft_step(ctx.cfg, optimizer, sft.micro_batches), ctx.mesh, models.param_axes(ctx.cfg))
+    sampler = PromptSampler(ctx.splits.train, seed=ctx.config.seed)
     # The state's own key is split off: the step donates the state, and with it that key's buffer.
     state_key, key = jax.random.split(key)
-    state = step.place_state(TrainState.create(params, optimizer, state_key))
-    stage = _Stage("sft", config, workdir, sft.steps, state, sampler, 0, preemption)
-    guard = NonFiniteGuard(config.faults.max_consecutive_nonfinite)
-    length = config.data.max_prompt_tokens + config.data.max_answer_tokens
+    stage = ctx.stage("sft", sft.steps, step.place_state(TrainState.create(params, optimizer, state_key)), sampler,
+                      prefix="sft/")
+    length = data.max_prompt_tokens + data.max_answer_tokens
+
+    def body(state, it):
+        examples = sampler.next_batch(sft.batch_size)
+        prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
+        answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
+        tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
+        return step(state, {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask},
+                    jax.random.fold_in(key, it))
+
     t0 = time.perf_counter()
-    pending = None  # metrics are fetched one step late, so the host does not wait on the device
-
-    def log_pending():
-        nonlocal pending
-        (it, metrics), pending = pending, None
-        metrics = to_python(metrics)
-        guard.observe(metrics["sft/nonfinite"], where=f"SFT step {it}")
-        stage.log(it, metrics, keys=("sft/loss",))
-
-    try:
-        for it in range(stage.start, sft.steps):
-            examples = sampler.next_batch(sft.batch_size)
-            prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
-            answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
-            tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
-            batch = {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
-            state, metrics = step(stage.state, batch, jax.random.fold_in(key, it))
-            if pending is not None:
-                log_pending()
-            pending = (it, {f"sft/{k}": v for k, v in metrics.items()})
-            stage.end_iteration(it, state)
-    finally:  # a preempted or failed run still logs the last step it took
-        if pending is not None:
-            log_pending()
-        stage.close()
-    return stage.state.params, {"sft_seconds": time.perf_counter() - t0}
+    state = stage.run(body, guard=ctx.guard(), progress_keys=("sft/loss",))
+    return state.params, {"sft_seconds": time.perf_counter() - t0}
 
 
-def run(config, workdir: str, defaults=None) -> dict:
-    """Runs the experiment `config` in `workdir` and returns (and writes) its results.
+def _preference_pairs(ctx: Context, params):
+    """The (train, test) preference pairs of `preference.pairs`: sampled from the policy on the
+    training prompts (source "task"), or read from a JSONL file."""
+    p, task, seed = ctx.config.preference.pairs, ctx.config.task, ctx.config.seed
+    path = p.path
+    if p.source == "task":
+        reward_fns, _ = task_rewards(task.name, task.answer_format)
+        examples = PromptSampler(ctx.splits.train, seed=seed).next_batch(min(p.prompts, len(ctx.splits.train)))
+        path = sampled_pairs_file(ctx.cfg, params, ctx.tokenizer, examples, seed, data_dir=task.data_dir,
+                                  name=task.name, prompt_fn=ctx.prompt_fn, reward_fn=reward_fns["correct"],
+                                  samples_per_prompt=p.samples_per_prompt, pairs_per_prompt=p.pairs_per_prompt,
+                                  max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                                  prompt_len=ctx.config.data.max_prompt_tokens)
+    return tuple(load_preferences(path, split, task.data_dir, test_size=p.test_size, seed=seed)
+                 for split in ("train", "test"))
 
-    The config is checked first (`config_check.check_config`; with `defaults`, the config it was
-    derived from, unknown keys and wrong types too). SIGTERM during the run makes the current
-    stage save a checkpoint and raise `Preempted`."""
-    check_config(config, defaults)
+
+def _curves(workdir: str, title: str) -> str:
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    keys = sorted({k for r in rows for k, v in r.items() if k != "step" and isinstance(v, (int, float))})
+    return plot_curves(rows, os.path.join(workdir, "curves.png"), keys, title=title)
+
+
+def run_preference(ctx: Context, params, evaluate_policy: Callable, key) -> tuple[Any, Any, dict]:
+    """The stages of `preference` after the SFT warm start: pairs; then the policy's preference
+    loss against the frozen SFT policy (`rljax.train.preference`), with greedy validation
+    accuracy before and after; then a Bradley-Terry reward model (`rljax.train.reward_model`)
+    with held-out pairwise accuracy. Returns (policy params, the reward model as (cfg, params)
+    or None, results)."""
+    pref, tokenizer, seed = ctx.config.preference, ctx.tokenizer, ctx.config.seed
+    t0 = time.perf_counter()
+    k_policy, k_rm = jax.random.split(key)
+    train_pairs, test_pairs = _preference_pairs(ctx, params)
+    results: dict[str, Any] = {"preference_pairs": {"train": len(train_pairs), "test": len(test_pairs)},
+                               "preference_pairs_seconds": time.perf_counter() - t0}
+    reward_model = None
+
+    if (p := pref.policy).steps > 0:
+        optimizer = p.optim.make(p.steps)
+        step = MeshStep(preference_lib.make_preference_step(ctx.cfg, optimizer, p.loss, p.micro_batches, **p.hparams),
+                        ctx.mesh, models.param_axes(ctx.cfg))
+        ref_params = jax.tree.map(jnp.copy, params)  # the step donates the policy's buffers
+        kto = p.loss == "kto"
+        source = unpaired(train_pairs) if kto else train_pairs
+        encode = preference_lib.encode_unpaired if kto else preference_lib.encode_pairs
+        sampler = PromptSampler(source, seed=seed + 2)
+        state_key, k_policy = jax.random.split(k_policy)
+        stage = ctx.stage("preference", p.steps, step.place_state(TrainState.create(params, optimizer, state_key)),
+                          sampler, workdir=os.path.join(ctx.workdir, "preference"), prefix=f"{p.loss}/")
+
+        def body(state, it):
+            batch = preference_lib.add_reference_logps(ctx.cfg, ref_params, encode(tokenizer, sampler.next_batch(
+                p.batch_size)), p.loss)
+            return step(state, batch, jax.random.fold_in(k_policy, it))
+
+        results["accuracy_before_preference"] = evaluate_policy(ref_params)["eval/accuracy"]  # the SFT policy
+        params = stage.run(body, guard=ctx.guard(), evaluate=lambda s: evaluate_policy(s.params),
+                           eval_every=ctx.config.eval.every, progress_keys=(f"{p.loss}/loss",)).params
+        results["accuracy_after_preference"] = evaluate_policy(params)["eval/accuracy"]
+        results["preference_curves"] = _curves(os.path.join(ctx.workdir, "preference"), f"{ctx.config.task.name}: "
+                                               f"{p.loss}")
+
+    if (r := pref.reward_model).steps > 0:
+        rm_cfg, rm_params = reward_model_lib.init_reward_model(ctx.cfg, params, k_rm,
+                                                               lm_head=bool(r.hparams.get("sft_coef")))
+        optimizer = r.optim.make(r.steps)
+        step = MeshStep(reward_model_lib.make_reward_model_step(rm_cfg, optimizer, r.micro_batches, **r.hparams),
+                        ctx.mesh, models.param_axes(rm_cfg))
+        held_out = [preference_lib.encode_pairs(tokenizer, test_pairs[i:i + r.batch_size])
+                    for i in range(0, len(test_pairs), r.batch_size)]
+
+        def accuracy(state):
+            return {"eval/pairwise_accuracy": reward_model_lib.pairwise_accuracy(rm_cfg, state.params, held_out)}
+
+        sampler = PromptSampler(train_pairs, seed=seed + 3)
+        state_key, k_rm = jax.random.split(k_rm)
+        stage = ctx.stage("reward_model", r.steps,
+                          step.place_state(TrainState.create(rm_params, optimizer, state_key)), sampler,
+                          workdir=os.path.join(ctx.workdir, "reward_model"), prefix="rm/")
+
+        def rm_body(state, it):
+            batch = preference_lib.encode_pairs(tokenizer, sampler.next_batch(r.batch_size))
+            return step(state, batch, jax.random.fold_in(k_rm, it))
+
+        state = stage.run(rm_body, guard=ctx.guard(), evaluate=accuracy, eval_every=r.eval_every,
+                          progress_keys=("rm/loss",))
+        results["pairwise_accuracy"] = accuracy(state)["eval/pairwise_accuracy"]
+        results["reward_model_curves"] = _curves(os.path.join(ctx.workdir, "reward_model"),
+                                                 f"{ctx.config.task.name}: reward model")
+        reward_model = (rm_cfg, state.params)
+    results["preference_seconds"] = time.perf_counter() - t0
+    return params, reward_model, results
+
+
+def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=None,
+           start_metrics: dict | None = None) -> tuple[Any, dict]:
+    """The RL stage: each iteration a rollout (`rljax.train.rollout.Collector`) and one call of
+    the jitted learner (`rljax.train.learner.Learner.learn`) through the mesh step.
+    `start_metrics`, the evaluation of the starting policy, is logged before iteration 0."""
+    config, rl = ctx.config, ctx.config.rl
+    reward_fns, reward_weights = task_rewards(config.task.name, config.task.answer_format)
+    rm = config.preference.reward_model if config.preference is not None else None
+    critic_cfg = critic_params = None
+    if rm is not None and rm.init_critic:  # PPO's critic starts as a copy of the reward model (InstructGPT)
+        critic_cfg = reward_model_lib.value_model_config(ctx.cfg)
+        critic_params = reward_model_lib.critic_from_reward_model(critic_cfg, reward_model[1])
+    networks = Networks(ctx.cfg, critic_cfg)
+    optimizer = rl.optim.make(rl.steps * rl.updates_per_rollout)
+    learner = Learner(networks, rl, optimizer, norm_len=rl.sampling.max_new_tokens)
+    # The frozen reference is the policy at the start of RL: a copy, since the learner donates
+    # (and so invalidates) the buffers of the params it updates.
+    frozen = networks.frozen(jax.tree.map(jnp.copy, params) if rl.kl.active else None)
+    step = MeshStep(learner.learn, ctx.mesh, networks.param_axes(), networks.frozen_axes(frozen))
+    learned = None
+    if rm is not None and rm.use_in_rl:
+        learned = reward_model_lib.reward_function(*reward_model)
+    collector = Collector(ctx.cfg, ctx.tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens, rl,
+                          reward_model=learned, mesh=ctx.mesh)
+    sampler = PromptSampler(ctx.splits.train, seed=config.seed + 1)
+    state_key, key = jax.random.split(key)
+    state = step.place_state(TrainState.create(networks.trainable(params, critic_params), optimizer, state_key,
+                                               frozen))
+    # Iteration `it` is logged after its update, at x = sft.steps + 1 + it; x = sft.steps holds
+    # the evaluation of the starting policy.
+    stage = ctx.stage("rl", rl.steps, state, sampler, log_offset=config.sft.steps + 1, first_logged=config.sft.steps)
+    if stage.start == 0 and not stage.done:
+        stage.log_row(config.sft.steps, start_metrics if start_metrics is not None else evaluate_policy(params))
+
+    def body(state, it):
+        key_it = jax.random.fold_in(key, it)
+        t0 = time.perf_counter()
+        batch, metrics = collector.collect(networks.policy_params(state.params), sampler, ctx.prompt_fn, key_it,
+                                           policy_version=int(state.step))
+        t1 = time.perf_counter()
+        state, learn_metrics = step(state, batch, jax.random.fold_in(key_it, 1 << 20))
+        jax.block_until_ready(state)  # the iteration's train time, not its dispatch
+        t2 = time.perf_counter()
+        lengths = batch.loss_mask.sum(axis=1)
+        return state, {
+            **{k: v for k, v in metrics.items() if k != "sample_completion"}, **learn_metrics,
+            "reward_mean": float(batch.rewards.mean()), "reward_std": float(batch.rewards.std()),
+            "response_length": float(lengths.mean()),
+            "time/generate_s": t1 - t0, "time/train_s": t2 - t1,
+            "generate_tokens_per_s": int(lengths.sum()) * metrics["sampling_rounds"] / max(t1 - t0, 1e-9),
+            "train_tokens_per_s": rl.epochs * int(batch.attention_mask.sum()) / max(t2 - t1, 1e-9),
+        }
+
+    t0 = time.perf_counter()
+    state = stage.run(body, guard=ctx.guard(), evaluate=lambda s: evaluate_policy(networks.policy_params(s.params)),
+                      eval_every=config.eval.every, progress_keys=("reward_mean", "eval/accuracy", "kl"))
+    return networks.policy_params(state.params), {"rl_seconds": time.perf_counter() - t0}
+
+
+# -- the run --------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+    """Runs the experiment `config` (a ConfigDict, dict or `ExperimentConfig`) in `workdir` and
+    returns (and writes) its results. The config is checked first (`ConfigError`); SIGTERM
+    during the run makes the current stage save a checkpoint and raise `Preempted`."""
+    if not isinstance(config, ExperimentConfig):
+        config = experiment_config(config)
     with Preemption() as preemption:
         return _run(config, workdir, preemption)
 
 
-def _run(config, workdir: str, preemption: Preemption) -> dict:
+def _run(config: ExperimentConfig, workdir: str, preemption: Preemption) -> dict:
     os.makedirs(workdir, exist_ok=True)
-    rl = rl_config(config)
     t_start = time.perf_counter()
-    key = jax.random.PRNGKey(config.seed)
-    k_model, k_sft, k_rl = jax.random.split(key, 3)
-
-    tokenizer, train_src, eval_src = build_data(config, workdir)
-    task = config.task
-    eval_examples = [eval_src[i] for i in range(min(config.eval.num_examples, len(eval_src)))]
-    reward_fns, reward_weights = task_rewards(task.name, task.answer_format)
+    k_model, k_sft, k_rl = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    tokenizer, splits = build_data(config, workdir)
     cfg, params = build_model(config, tokenizer, k_model)
     mesh = build_mesh(config)
     if mesh.size > 1:  # every process built the same params from the same seed or file
         params = sharding.shard_params(cfg, params, mesh)
-    prompt_fn = prompt_function(config, tokenizer)
-    results: dict[str, Any] = {"config": _plain(config), "model_params": models.count_params(params)}
+    ctx = Context(config, workdir, cfg, tokenizer, splits, prompt_function(config, tokenizer), mesh, preemption)
+    results: dict[str, Any] = {"config": as_dict(config), "model_params": models.count_params(params)}
 
     if config.sft.steps > 0:
-        params, sft_info = run_sft(config, workdir, cfg, params, tokenizer, train_src, k_sft, mesh, preemption)
-        results.update(sft_info)
+        params, info = run_sft(ctx, params, k_sft)
+        results.update(info)
+    # Greedy evaluation: the validation split during training, the test split once at the end.
+    reward_fns, reward_weights = task_rewards(config.task.name, config.task.answer_format)
+    evaluator = Collector(cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens, config.rl,
+                          mesh=mesh)
+    batch = config.eval.batch_size
 
-    # PPO's critic: the policy's value head, or a separate network that starts as a copy of the
-    # reward model the preference stage trains (InstructGPT's).
-    init_critic = "preference" in config and config.preference.reward_model.init_critic
-    critic_cfg = reward_model_lib.value_model_config(cfg) if init_critic else None
-    trainer = RLTrainer(rl, cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens,
-                        critic_cfg=critic_cfg, guard=NonFiniteGuard(config.faults.max_consecutive_nonfinite),
-                        mesh=mesh)
-    critic_params = None
-    evaluate_now = lambda p: evaluate(trainer, p, eval_examples, prompt_fn, config.eval.batch_size)  # noqa: E731
-    if "preference" in config:  # offline preference training and/or a learned RL reward (issue 7)
-        params, reward_model, preference_info = preference.run_stages(
-            config, workdir, cfg, params, tokenizer, train_src, prompt_fn, evaluate_now,
-            jax.random.fold_in(key, 3), functools.partial(_Stage, preemption=preemption))
-        results.update(preference_info)
-        if init_critic:  # config_check made sure that there is a reward model
-            critic_params = reward_model_lib.critic_from_reward_model(critic_cfg, reward_model[1])
-        if reward_model is not None and config.preference.reward_model.use_in_rl:
-            trainer.reward_model = reward_model_lib.reward_function(*reward_model)
-    before = evaluate_now(params)
-    results["accuracy_before_rl"] = before["eval/accuracy"]
-    # The frozen reference is the policy at the start of RL: a copy, since the train step donates
-    # (and so invalidates) the buffers of the params it updates.
-    ref_params = jax.tree.map(jnp.copy, params)
-    sampler = PromptSampler(train_src, seed=config.seed + 1)
-    # RL iteration `it` is logged after its update, at x = sft.steps + 1 + it; x = sft.steps holds
-    # the evaluation of the starting policy.
-    state_key, k_rl = jax.random.split(k_rl)
-    stage = _Stage("rl", config, workdir, rl.steps, trainer.init_state(params, state_key, critic_params), sampler,
-                   config.sft.steps + 1, preemption, first_logged=config.sft.steps)
-    if stage.start == 0 and stage.logger is not None:
-        stage.logger.log(config.sft.steps, before, advance=False)
-    t_rl = time.perf_counter()
-    try:
-        for it in range(stage.start, rl.steps):
-            state, metrics, sample = trainer.iteration(stage.state, sampler, prompt_fn, ref_params,
-                                                       jax.random.fold_in(k_rl, it))
-            if config.eval.every and ((it + 1) % config.eval.every == 0 or it + 1 == rl.steps):
-                metrics.update(evaluate_now(trainer.policy_params(state)))
-            stage.log(it, metrics, keys=("reward_mean", "eval/accuracy", "kl"))
-            stage.end_iteration(it, state)
-    finally:
-        stage.close()
-    after = evaluate_now(trainer.policy_params(stage.state))
-    results.update({
-        "accuracy_after_rl": after["eval/accuracy"],
-        "rl_seconds": time.perf_counter() - t_rl,
-        "wall_seconds": time.perf_counter() - t_start,
-        "eval_examples": len(eval_examples),
-    })
+    def evaluate_on(examples):
+        return lambda p: evaluate(evaluator, p, examples, ctx.prompt_fn, batch)
+
+    validate = evaluate_on(splits.validation)
+    reward_model = None
+    if config.preference is not None:
+        params, reward_model, info = run_preference(ctx, params, validate, jax.random.fold_in(k_rl, 3))
+        results.update(info)
+    test = [splits.test[i] for i in range(min(config.eval.num_examples, len(splits.test)))]
+    before = {"validation": validate(params)}
+    if config.eval.final_test:
+        before["test"] = evaluate_on(test)(params)  # the starting policy: RL donates its buffers
+    if config.rl.steps > 0:
+        params, info = run_rl(ctx, params, validate, k_rl, reward_model, start_metrics=before["validation"])
+        results.update(info)
+        after = {"validation": validate(params)}
+        if config.eval.final_test:
+            after["test"] = evaluate_on(test)(params)
+    else:
+        after = before
+    for split in before:
+        name = "" if split == "test" else "validation_"
+        results[f"{name}accuracy_before_rl"] = before[split]["eval/accuracy"]
+        results[f"{name}accuracy_after_rl"] = after[split]["eval/accuracy"]
+    results.update({"wall_seconds": time.perf_counter() - t_start, "validation_examples": len(splits.validation),
+                    "test_examples": len(test) if config.eval.final_test else 0})
     if jax.process_index() == 0:  # the one writer, as of metrics.jsonl (MetricsLogger)
         rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        rl = config.rl
         results["curves"] = plot_curves(rows, os.path.join(workdir, "curves.png"), CURVES,
-                                        title=f"{task.name}: {rl.algorithm}/{rl.estimator}")
+                                        title=f"{config.task.name}: {rl.advantage} + {rl.surrogate}")
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, default=str)
     return results

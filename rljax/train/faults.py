@@ -1,7 +1,7 @@
 """What a long run does when something goes wrong: non-finite steps and preemption.
 
 - A train step whose loss or gradients are not finite leaves the state unchanged and reports
-  `nonfinite` = 1 (`steps._update`); `NonFiniteGuard` counts those steps and stops the run
+  `nonfinite` = 1 (`steps.apply_update`); `NonFiniteGuard` counts those steps and stops the run
   after `max_consecutive` of them in a row, saying where, since by then the data or the
   hyperparameters, not one unlucky batch, are at fault.
 - `Preemption` turns SIGTERM (what schedulers and cloud VMs send before they take a machine

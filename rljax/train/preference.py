@@ -20,16 +20,13 @@ Reference log-probs are computed outside the step (`sequence_logps` on the froze
 params, gradient-free) and read from the batch ("ref_logp"), so the step stays a pure
 `step(state, batch, key) -> (state, metrics)`.
 
-`run_stages` is the config-driven stage of `rljax.train.experiment.run`: preference pairs,
-then this stage and/or the reward model (`rljax.train.reward_model`), each checkpointed and
-resumable, with their metrics in `workdir/<stage>/metrics.jsonl` and `curves.png`.
+The config-driven stages (pairs, this loss, a reward model) are `rljax.train.experiment`'s
+`run_preference`.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,15 +35,10 @@ import optax
 
 from rljax import losses, models
 from rljax.data.batching import pad_sft
-from rljax.data.preference import load_preferences, sampled_pairs_file, unpaired
-from rljax.data.sampler import PromptSampler
 from rljax.models.config import ModelConfig
-from rljax.rewards import task_rewards
-from rljax.train.metrics import plot_curves, read_jsonl
-from rljax.train import reward_model as rm
-from rljax.train.optim import make_optimizer
+from rljax.models.head import head_logprobs
 from rljax.train.state import TrainState
-from rljax.train.steps import Batch, Step, _update, accumulate_gradients, head_logprobs
+from rljax.train.steps import Batch, Step, accumulate_gradients, apply_update
 
 PREFERENCE_LOSSES = ("dpo", "ipo", "kto", "simpo", "orpo")
 LENGTH_NORMALISED = ("ipo", "simpo", "orpo")
@@ -158,117 +150,6 @@ def make_preference_step(cfg: ModelConfig, optimizer: optax.GradientTransformati
             return value * (mb["tokens"].shape[0] / total), metrics
 
         value, metrics, grads = accumulate_gradients(loss_fn, state.params, batch, micro_batches)
-        return _update(state, optimizer, value, metrics, grads)
+        return apply_update(state, optimizer, value, metrics, grads)
 
     return step
-
-
-# -- the config-driven stages ----------------------------------------------------------------------
-def _train_loop(stage, steps: int, batch_size: int, make_batch: Callable, step: Callable, key, prefix: str,
-                evaluate: Callable | None = None, eval_every: int = 0):
-    """Steps of a stage (a `rljax.train.experiment._Stage`) with metrics under `prefix/`;
-    `evaluate(params)` after every `eval_every` iterations and the last. Returns the final state."""
-    for it in range(stage.start, steps):
-        batch = make_batch(stage.sampler.next_batch(batch_size))
-        state, metrics = step(stage.state, batch, jax.random.fold_in(key, it))
-        metrics = {f"{prefix}/{k}": v for k, v in metrics.items()}
-        if evaluate is not None and ((eval_every and (it + 1) % eval_every == 0) or it + 1 == steps):
-            metrics.update(evaluate(state.params))
-        stage.log(it, metrics, keys=(f"{prefix}/loss",))
-        stage.end_iteration(it, state)
-    stage.close()
-    return stage.state
-
-
-def _curves(workdir: str, title: str) -> str:
-    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    keys = sorted({k for r in rows for k in r if k != "step"})
-    return plot_curves(rows, os.path.join(workdir, "curves.png"), keys, title=title)
-
-
-def preference_pairs(config, cfg, params, tokenizer, train_src, prompt_fn, seed: int):
-    """The (train, test) preference pairs of `config.preference.pairs`: sampled from the policy on
-    the task's training prompts (source "task"), or read from a JSONL file (source "jsonl")."""
-    p = config.preference.pairs
-    if p.source == "jsonl":
-        path = p.path
-    elif p.source == "task":
-        reward_fns, _ = task_rewards(config.task.name, config.task.answer_format)
-        examples = PromptSampler(train_src, seed=seed).next_batch(min(p.prompts, len(train_src)))
-        path = sampled_pairs_file(cfg, params, tokenizer, examples, seed, data_dir=config.task.data_dir,
-                                  name=config.task.name, prompt_fn=prompt_fn, reward_fn=reward_fns["correct"],
-                                  samples_per_prompt=p.samples_per_prompt, pairs_per_prompt=p.pairs_per_prompt,
-                                  max_new_tokens=p.max_new_tokens,
-                                  temperature=p.temperature, prompt_len=config.data.max_prompt_tokens)
-    else:
-        raise ValueError(f"preference.pairs.source={p.source!r}: choose 'task' or 'jsonl'")
-    return tuple(load_preferences(path, split, config.task.data_dir, test_size=p.test_size, seed=seed)
-                 for split in ("train", "test"))
-
-
-def run_stages(config, workdir: str, cfg: ModelConfig, params, tokenizer, train_src, prompt_fn,
-               evaluate: Callable[[Any], dict], key, stage_cls) -> tuple[Any, Callable | None, dict]:
-    """The preference stages of `config.preference` after the SFT warm start.
-
-    1. pairs (`preference_pairs`);
-    2. `policy` (steps > 0): the preference loss on the policy, the SFT policy as the frozen
-       reference; greedy held-out accuracy (`evaluate`) before and after;
-    3. `reward_model` (steps > 0): a Bradley-Terry reward model (`rljax.train.reward_model`) with
-       held-out pairwise accuracy (the experiment makes it the RL reward with `use_in_rl`, and
-       PPO's critic with `init_critic`).
-    `stage_cls` is the experiment's checkpointing stage (`rljax.train.experiment._Stage`).
-    Returns (policy params, the reward model as (cfg, params) or None, results).
-    """
-    pref = config.preference
-    t0 = time.perf_counter()
-    k_policy, k_rm = jax.random.split(key)
-    train_pairs, test_pairs = preference_pairs(config, cfg, params, tokenizer, train_src, prompt_fn, config.seed)
-    results: dict[str, Any] = {"preference_pairs": {"train": len(train_pairs), "test": len(test_pairs)},
-                               "preference_pairs_seconds": time.perf_counter() - t0}
-    reward_model = None
-
-    if (p := pref.policy).steps > 0:
-        loss, hparams = p.loss, dict(p.hparams)
-        optimizer = make_optimizer(p.learning_rate, total_steps=p.steps, warmup_steps=p.warmup_steps,
-                                   decay="cosine", weight_decay=p.weight_decay)
-        step = jax.jit(make_preference_step(cfg, optimizer, loss, p.micro_batches, **hparams), donate_argnums=0)
-        ref_params = jax.tree.map(jnp.copy, params)  # the step donates the policy's buffers
-        if loss == "kto":
-            source = unpaired(train_pairs)
-            encode = lambda rows: encode_unpaired(tokenizer, rows)  # noqa: E731
-        else:
-            source = train_pairs
-            encode = lambda rows: encode_pairs(tokenizer, rows)  # noqa: E731
-        make_batch = lambda rows: add_reference_logps(cfg, ref_params, encode(rows), loss)  # noqa: E731
-        stage_dir = os.path.join(workdir, "preference")
-        state_key, k_policy = jax.random.split(k_policy)
-        stage = stage_cls("preference", config, stage_dir, p.steps,
-                          TrainState.create(params, optimizer, state_key),
-                          PromptSampler(source, seed=config.seed + 2), 0)
-        results["accuracy_before_preference"] = evaluate(ref_params)["eval/accuracy"]  # the SFT policy
-        params = _train_loop(stage, p.steps, p.batch_size, make_batch, step, k_policy, loss, evaluate,
-                             config.eval.every).params
-        results["accuracy_after_preference"] = evaluate(params)["eval/accuracy"]
-        results["preference_curves"] = _curves(stage_dir, f"{config.task.name}: {loss}")
-
-    if (r := pref.reward_model).steps > 0:
-        rm_cfg, rm_params = rm.init_reward_model(cfg, params, k_rm, lm_head=bool(r.hparams.get("sft_coef")))
-        optimizer = make_optimizer(r.learning_rate, total_steps=r.steps, warmup_steps=r.warmup_steps,
-                                   decay="cosine", weight_decay=r.weight_decay)
-        step = jax.jit(rm.make_reward_model_step(rm_cfg, optimizer, r.micro_batches, **dict(r.hparams)),
-                       donate_argnums=0)
-        held_out = [encode_pairs(tokenizer, test_pairs[i:i + r.batch_size])
-                    for i in range(0, len(test_pairs), r.batch_size)]
-        accuracy = lambda rm_p: {"eval/pairwise_accuracy": rm.pairwise_accuracy(rm_cfg, rm_p, held_out)}  # noqa: E731
-        stage_dir = os.path.join(workdir, "reward_model")
-        state_key, k_rm = jax.random.split(k_rm)
-        stage = stage_cls("reward_model", config, stage_dir, r.steps,
-                          TrainState.create(rm_params, optimizer, state_key),
-                          PromptSampler(train_pairs, seed=config.seed + 3), 0)
-        encode = lambda rows: encode_pairs(tokenizer, rows)  # noqa: E731
-        state = _train_loop(stage, r.steps, r.batch_size, encode, step, k_rm, "rm", accuracy, r.eval_every)
-        results["pairwise_accuracy"] = accuracy(state.params)["eval/pairwise_accuracy"]
-        results["reward_model_curves"] = _curves(stage_dir, f"{config.task.name}: reward model")
-        reward_model = (rm_cfg, state.params)
-    results["preference_seconds"] = time.perf_counter() - t0
-    return params, reward_model, results

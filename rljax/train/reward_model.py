@@ -29,8 +29,9 @@ import optax
 
 from rljax import losses, models
 from rljax.models.config import ModelConfig
+from rljax.models.head import head_logprobs
 from rljax.train.state import TrainState
-from rljax.train.steps import Batch, Step, _update, accumulate_gradients, head_logprobs
+from rljax.train.steps import Batch, Step, accumulate_gradients, apply_update
 
 
 def value_model_config(cfg: ModelConfig, lm_head: bool = False) -> ModelConfig:
@@ -94,7 +95,7 @@ def make_reward_model_step(cfg: ModelConfig, optimizer: optax.GradientTransforma
             return value, metrics
 
         value, metrics, grads = accumulate_gradients(loss_fn, state.params, batch, micro_batches)
-        return _update(state, optimizer, value, metrics, grads)
+        return apply_update(state, optimizer, value, metrics, grads)
 
     return step
 
@@ -115,6 +116,6 @@ def pairwise_accuracy(cfg: ModelConfig, params, batches: Iterable[Batch]) -> flo
 
 def reward_function(cfg: ModelConfig, params) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The learned reward as a host function: (tokens [B, T], attention_mask [B, T]) -> rewards [B]
-    (float32), what `rljax.train.rl.RLTrainer(reward_model=...)` scores samples with."""
+    (float32), what `rljax.train.rollout.Collector(reward_model=...)` scores samples with."""
     return lambda tokens, attention_mask: np.asarray(_jit_pair_rewards(cfg, params, tokens, attention_mask),
                                                      np.float32)

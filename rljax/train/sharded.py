@@ -7,7 +7,8 @@ which knows nothing of devices. `shard_train_step` compiles it as one SPMD progr
   state    params by their logical axes (`rljax.sharding.RULES`); every optimiser-state subtree
            that mirrors the params (Adam's moments, an EMA, ...) like the params; the rest (step
            counts, the RNG key, schedules' counters) replicated.
-  batch    every array split along its leading B over the data-parallel axes ('data', 'fsdp').
+  batch    every array of the batch pytree split along its leading B over the data-parallel axes
+           ('data', 'fsdp').
   key      replicated.
   output   the state with the input's shardings (so the next step needs no resharding), the
            metrics replicated (readable on every process).
@@ -18,14 +19,15 @@ params and optimiser moments, not two. The caller's state is invalid after the c
 Shardings are computed from shapes only, so the state and batch passed to `shard_train_step` may
 be `jax.eval_shape` structures: nothing full-size needs to exist on one device to plan the step.
 
-Notebook use:
+Notebook use (an RL learner; any pure step works alike):
     mesh = sharding.make_mesh(data=2, fsdp=4)
-    sharded = shard_train_step(make_policy_step(cfg, opt, make_objective("grpo")), mesh,
-                               state, batch, models.param_axes(cfg))
+    learner = Learner(networks, rl, optimizer)
+    sharded = shard_train_step(learner.learn, mesh, state, batch, networks.param_axes(),
+                               frozen_axes=networks.frozen_axes(state.frozen))
     state = sharded.place_state(state)
     state, metrics = sharded(state, sharded.place_batch(batch), key)
 
-The training loops (`rljax.train.experiment`, `rljax.train.rl`) call a `MeshStep`: the plain
+The stages of `rljax.train.experiment` call a `MeshStep`: the plain
 jitted step on one device, this sharded one on more, behind one signature; `place_rows` and
 `on_mesh` place their host batches and trace their model functions on the same mesh.
 
@@ -52,22 +54,29 @@ from rljax.train.state import TrainState
 from rljax.train.steps import Batch, Step
 
 
-def state_shardings(state: TrainState, mesh: Mesh, param_axes: Any, rules: Rules = RULES) -> TrainState:
+def _tree_shardings(axes: Any, tree: Any, mesh: Mesh, rules: Rules, what: str) -> Any:
+    if jax.tree.structure(axes, is_leaf=_is_spec) != jax.tree.structure(tree):
+        raise ValueError(f"the logical axes given for {what} do not have its structure; pass "
+                         "models.param_axes(cfg) for the config the params were made with")
+    return jax.tree.map(lambda a, p: sharding.logical_to_sharding(a, p.shape, mesh, rules), axes, tree,
+                        is_leaf=_is_spec)
+
+
+def state_shardings(state: TrainState, mesh: Mesh, param_axes: Any, rules: Rules = RULES,
+                    frozen_axes: Any = None) -> TrainState:
     """`NamedSharding`s for every leaf of `state` (arrays or `jax.eval_shape` structures).
 
-    param_axes is the params' pytree of logical specs: `models.param_axes(cfg)`, or
-    {"policy": models.param_axes(cfg), "critic": models.param_axes(critic_cfg)} for PPO with a
-    separate critic. An optimiser-state subtree is sharded like the params when it has the
-    params' tree structure and leaf shapes; matching by structure, not by asking the optimiser
-    (`optax.tree_map_params`), needs no optimiser here and covers any state that stores copies of
-    the params. Every other leaf is replicated.
+    param_axes is the trainable params' pytree of logical specs: `models.param_axes(cfg)`, or an
+    RL learner's (`rljax.train.networks.Networks.param_axes`); frozen_axes the frozen params'
+    (None when the state has none). An optimiser-state subtree is sharded like the params when
+    it has the params' tree structure and leaf shapes; matching by structure, not by asking the
+    optimiser (`optax.tree_map_params`), needs no optimiser here and covers any state that stores
+    copies of the params. Every other leaf is replicated.
     """
     params_def = jax.tree.structure(state.params)
-    if jax.tree.structure(param_axes, is_leaf=_is_spec) != params_def:
-        raise ValueError("param_axes does not have the structure of state.params; pass "
-                         "models.param_axes(cfg) for the config the params were made with")
-    params_sh = jax.tree.map(lambda axes, p: sharding.logical_to_sharding(axes, p.shape, mesh, rules),
-                             param_axes, state.params, is_leaf=_is_spec)
+    params_sh = _tree_shardings(param_axes, state.params, mesh, rules, "state.params")
+    frozen_sh = (None if state.frozen is None
+                 else _tree_shardings(frozen_axes, state.frozen, mesh, rules, "state.frozen"))
     shapes = [p.shape for p in jax.tree.leaves(state.params)]
     replicated = NamedSharding(mesh, PartitionSpec())
 
@@ -77,18 +86,19 @@ def state_shardings(state: TrainState, mesh: Mesh, param_axes: Any, rules: Rules
 
     opt_sh = jax.tree.map(lambda node: params_sh if mirrors_params(node) else replicated,
                           state.opt_state, is_leaf=mirrors_params)
-    return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated)
+    return TrainState(step=replicated, params=params_sh, opt_state=opt_sh, rng=replicated, frozen=frozen_sh)
 
 
 def _is_spec(x) -> bool:
     return isinstance(x, (PartitionSpec, tuple))
 
 
-def batch_shardings(batch: Batch, mesh: Mesh, rules: Rules = RULES) -> dict:
-    """Each [B, ...] array split along B over the data-parallel axes that divide B (a batch
-    smaller than data x fsdp is partly replicated rather than refused)."""
-    return {k: sharding.batch_sharding(mesh, x.ndim, batch_size=x.shape[0], rules=rules)
-            for k, x in batch.items()}
+def batch_shardings(batch: Any, mesh: Mesh, rules: Rules = RULES) -> Any:
+    """Each [B, ...] array of a batch pytree (a dict, a `TrajectoryBatch`) split along B over the
+    data-parallel axes that divide B (a batch smaller than data x fsdp is partly replicated
+    rather than refused)."""
+    return jax.tree.map(lambda x: sharding.batch_sharding(mesh, np.ndim(x), batch_size=np.shape(x)[0], rules=rules),
+                        batch)
 
 
 def place(tree: Any, shardings: Any) -> Any:
@@ -135,20 +145,21 @@ class ShardedStep:
     def place_state(self, state: TrainState) -> TrainState:
         return place(state, self.state_shardings)
 
-    def place_batch(self, batch: Batch) -> dict:
-        return place(dict(batch), self.batch_shardings)
+    def place_batch(self, batch: Any) -> Any:
+        return place(batch, self.batch_shardings)
 
 
-def shard_train_step(step: Step, mesh: Mesh, state: TrainState, batch: Batch, param_axes: Any,
-                     rules: Rules = RULES) -> ShardedStep:
+def shard_train_step(step: Step, mesh: Mesh, state: TrainState, batch: Any, param_axes: Any,
+                     rules: Rules = RULES, frozen_axes: Any = None) -> ShardedStep:
     """Jits the pure `step` over `mesh` with the shardings of `state` and `batch` (examples of
     the shapes and dtypes: arrays or `jax.eval_shape` structures) and the state donated.
 
-    param_axes: the params' logical specs (see `state_shardings`). A batch of other shapes
-    (another B or T) compiles again but keeps the shardings computed here, so B must still be
-    divisible by the data-parallel axes these shardings split it over.
+    param_axes, frozen_axes: the logical specs of the trainable and frozen params (see
+    `state_shardings`). A batch of other shapes (another B or T) compiles again but keeps the
+    shardings computed here, so B must still be divisible by the data-parallel axes these
+    shardings split it over.
     """
-    state_sh = state_shardings(state, mesh, param_axes, rules)
+    state_sh = state_shardings(state, mesh, param_axes, rules, frozen_axes)
     batch_sh = batch_shardings(batch, mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh, replicated),
@@ -168,22 +179,22 @@ class MeshStep:
     so host and device arrays are both accepted.
     """
 
-    def __init__(self, step: Step, mesh: Mesh, param_axes: Any, rules: Rules = RULES):
-        self.step, self.mesh, self.param_axes, self.rules = step, mesh, param_axes, rules
+    def __init__(self, step: Step, mesh: Mesh, param_axes: Any, frozen_axes: Any = None, rules: Rules = RULES):
+        self.step, self.mesh, self.param_axes, self.frozen_axes, self.rules = step, mesh, param_axes, frozen_axes, rules
         self._plain = jax.jit(step, donate_argnums=0) if mesh.size == 1 else None
         self._sharded: ShardedStep | None = None
 
     def place_state(self, state: TrainState) -> TrainState:
         if self._plain is not None:
             return state
-        return place(state, state_shardings(state, self.mesh, self.param_axes, self.rules))
+        return place(state, state_shardings(state, self.mesh, self.param_axes, self.rules, self.frozen_axes))
 
     def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
         if self._plain is not None:
             return self._plain(state, batch, key)
         if self._sharded is None:
             self._sharded = shard_train_step(self.step, self.mesh, jax.eval_shape(lambda: state), batch,
-                                             self.param_axes, self.rules)
+                                             self.param_axes, self.rules, self.frozen_axes)
         return self._sharded(state, self._sharded.place_batch(batch), key)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rljax import losses
+from rljax.losses import registry
 from rljax import estimators as E
 from rljax.estimators import estimators as est
 
@@ -269,7 +270,7 @@ def test_composed_loss_equals_grpo_loss(bed):
 
         def composed(p):
             logp = bed.token_logprobs(p, batch.prompts, batch.tokens)
-            value, _ = est.SURROGATES["ppo"](logp, old, adv, batch.mask, agg=agg)
+            value, _ = registry.surrogate_loss("ppo", logp, old, adv, batch.mask, agg=agg)
             return value + 0.3 * est.kl_loss(logp, ref, batch.mask, "k3", agg)
 
         def library(p):

@@ -53,7 +53,9 @@ def _close(got, want, what) -> float:
 
 def test_sharded_run_equals_one_device_run(runs):
     (want_rows, want_state, want_texts), (got_rows, got_state, got_texts) = runs["one_device"], runs["2x2x2"]
-    assert len(want_texts) == 2 + 4  # 2 RL iterations; evaluations before RL, after each iteration, at the end
+    # 2 RL iterations; evaluations: validation and test before RL, validation after each iteration,
+    # validation and test at the end.
+    assert len(want_texts) == 2 + 6
     assert got_texts == want_texts
     sft = _column(want_rows, "sft/loss")
     assert len(sft) == 2 and np.all(sft > 0)
@@ -75,14 +77,14 @@ def test_sharded_run_equals_one_device_run(runs):
 
 def test_sharded_run_keeps_its_state_sharded(runs):
     _, state, _ = runs["2x2x2"]
-    one_device = runs["one_device"][1].params["layers_0"]["attn"]["q"]["kernel"]
+    one_device = runs["one_device"][1].params["policy"]["layers_0"]["attn"]["q"]["kernel"]
     assert len(one_device.sharding.device_set) == 1
-    q = state.params["layers_0"]["attn"]["q"]["kernel"]  # [D=32, 2 heads, 16]
+    q = state.params["policy"]["layers_0"]["attn"]["q"]["kernel"]  # [D=32, 2 heads, 16]
     assert len(q.sharding.device_set) == 8
     assert q.sharding.spec == P("fsdp", "tensor", None)
     assert q.addressable_shards[0].data.shape == (16, 1, 16)
-    assert state.params["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
-    mu = state.opt_state[1][0].mu["layers_0"]["attn"]["q"]["kernel"]
+    assert state.params["policy"]["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
+    mu = state.opt_state[1][0].mu["policy"]["layers_0"]["attn"]["q"]["kernel"]
     assert mu.sharding.is_equivalent_to(q.sharding, q.ndim)
 
 

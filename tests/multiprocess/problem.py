@@ -1,6 +1,7 @@
-"""What the sharded tests run on every mesh and in every process layout: a GRPO train step, PPO's
-train step with its advantages computed inside it, and the main experiment config at tiny size
-run by `experiment.run`.
+"""What the sharded tests run on every mesh and in every process layout: the RL learner's call
+on a fixed rollout (GRPO with a k3 KL in the loss and two minibatch updates; PPO's one update with
+its advantages computed inside it), and the main experiment config at tiny size run by
+`experiment.run`.
 
 Everything is built on the host from fixed seeds, so that each process of a multi-process run,
 the single-process run and the unsharded reference all start from the same values.
@@ -8,20 +9,23 @@ the single-process run and the unsharded reference all start from the same value
 
 import dataclasses
 import os
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 import pytest
 
-from configs import base
-from rljax import losses, models
-from rljax.train.objectives import make_objective
-from rljax.train.optim import make_optimizer
+from rljax import models
 from rljax.train import experiment
+from rljax.train.config import KLConfig, RLConfig
+from rljax.train.learner import Learner
 from rljax.train.metrics import read_jsonl
-from rljax.train.rl import RLConfig, RLTrainer, make_rl_objective
+from rljax.train.networks import Networks
+from rljax.train.optim import make_optimizer
+from rljax.train.rollout import Collector
+from rljax.train.stage import Stage
 from rljax.train.state import TrainState
-from rljax.train.steps import make_policy_step
+from rljax.train.trajectories import TrajectoryBatch
 from tests.test_configs import ROOT, load_config, shrink
 
 # Heads, kv heads, MLP and vocabulary divisible by tensor=2; the model dimension by fsdp=4.
@@ -37,45 +41,57 @@ PPO_CFG = dataclasses.replace(CFG, value_head=True)  # the critic, on the policy
 OPTIMIZER = make_optimizer(learning_rate=1e-2, eps=1e-4)
 
 
-def _initial_state(cfg) -> TrainState:
-    """The train state of `cfg`'s model from fixed seeds, as host arrays."""
-    params = models.init(cfg, jax.random.PRNGKey(1))
-    return jax.tree.map(np.asarray, TrainState.create(params, OPTIMIZER, jax.random.PRNGKey(2)))
+class Problem(NamedTuple):
+    step: Callable  # learn(state, batch, key) -> (state, metrics)
+    state: TrainState  # host arrays
+    batch: TrajectoryBatch  # host arrays
+    key: Any
+    param_axes: Any
+    frozen_axes: Any
+    updates: int  # optimiser steps per call
 
 
-def grpo_problem():
-    """(step, state, batch, key): a pure GRPO step (clipped ratio, k3 KL in the loss) and its
-    inputs, numpy on the host. The batch is 2 prompts x 4 completions of different lengths, with
-    group-normalised advantages of random rewards."""
-    rng = np.random.default_rng(0)
+def _rollout(rng) -> TrajectoryBatch:
+    """2 prompts x 4 completions of different lengths (group 0 left-padded), random rewards, and
+    sampler log-probs near the policy's."""
     prompts = np.repeat(rng.integers(0, CFG.vocab_size, (B // GROUP, P)), GROUP, axis=0)
     tokens = np.concatenate([prompts, rng.integers(0, CFG.vocab_size, (B, T - P))], axis=1).astype(np.int32)
     ends = P + rng.integers(1, T - P + 1, B)
     position = np.arange(T)[None]
-    attention = (position < ends[:, None]) & ~((position < 2) & (np.arange(B)[:, None] < GROUP))  # group 0 left-padded
+    attention = (position < ends[:, None]) & ~((position < 2) & (np.arange(B)[:, None] < GROUP))
     loss_mask = attention & (position >= P)
-    old_logp = np.where(loss_mask, rng.normal(-3.0, 0.3, (B, T)), 0.0).astype(np.float32)
-    rewards = rng.integers(0, 2, (B // GROUP, GROUP)).astype(np.float32)
-    batch = {"tokens": tokens, "attention_mask": attention, "loss_mask": loss_mask, "old_logp": old_logp,
-             "ref_logp": old_logp + np.where(loss_mask, rng.normal(0.0, 0.1, (B, T)), 0.0).astype(np.float32),
-             "advantages": np.asarray(losses.group_advantages(rewards)).reshape(B)}
-    step = make_policy_step(CFG, OPTIMIZER, make_objective("grpo", beta=0.04, clip_eps=0.2))
-    return step, _initial_state(CFG), batch, np.asarray(jax.random.PRNGKey(3))
+    sampler_logp = np.where(loss_mask, rng.normal(-4.0, 0.3, (B, T)), 0.0).astype(np.float32)
+    return TrajectoryBatch.from_rows(tokens, attention, loss_mask, sampler_logp, rng.normal(size=B), GROUP, 0)
 
 
-def ppo_problem():
-    """(step, state, batch, key): PPO's one update of an on-policy rollout as `RLTrainer` runs it,
-    on grpo_problem's sequences: the step computes the advantages itself (`in_step_advantages`:
-    the k1 KL-shaped reward, GAE on the value head, whitening over all the batch's tokens) from the
-    sequences' scores and reference log-probs, then the clipped policy and value losses."""
-    _, _, grpo_batch, key = grpo_problem()
-    batch = {k: v for k, v in grpo_batch.items() if k not in ("advantages", "old_logp")}
-    batch["scores"] = np.random.default_rng(1).normal(size=B).astype(np.float32)
-    rl = RLConfig(algorithm="ppo", policy_loss="ppo", agg="token-mean", prompts_per_step=B // GROUP,
-                  group_size=GROUP, max_new_tokens=T - P, beta=0.1, kl_in_reward=True, kl_estimator="k1",
-                  value_coef=0.5, value_clip=0.2)
-    step = make_policy_step(PPO_CFG, OPTIMIZER, make_rl_objective(rl))
-    return step, _initial_state(PPO_CFG), batch, key
+def _problem(cfg, rl: RLConfig, seed: int) -> Problem:
+    networks = Networks(cfg)
+    learner = Learner(networks, rl, OPTIMIZER, norm_len=T - P)
+    params, ref = (models.init(cfg, jax.random.PRNGKey(k)) for k in (1, 4))
+    frozen = networks.frozen(ref)
+    state = TrainState.create(networks.trainable(params), OPTIMIZER, jax.random.PRNGKey(2), frozen)
+    return Problem(learner.learn, jax.tree.map(np.asarray, state), _rollout(np.random.default_rng(seed)),
+                   np.asarray(jax.random.PRNGKey(3)), networks.param_axes(), networks.frozen_axes(frozen),
+                   rl.updates_per_rollout)
+
+
+def grpo_problem() -> Problem:
+    """GRPO's learner (group advantages, clipped ratio, k3 KL in the loss) with two shuffled
+    minibatch updates per rollout: the reference pass, the old pass, then a scan of updates."""
+    rl = RLConfig(advantage="grpo", surrogate="ppo", surrogate_hparams={"clip_eps": 0.2},
+                  kl=KLConfig(placement="loss", estimator="k3", coef=0.04), prompts_per_step=B // GROUP,
+                  group_size=GROUP, minibatches=2)
+    return _problem(CFG, rl, seed=0)
+
+
+def ppo_problem() -> Problem:
+    """PPO's one update of an on-policy rollout: the update computes the advantages itself from
+    its own forward pass (the k1 KL-shaped reward, GAE on the value head, whitening over all the
+    batch's tokens), then the clipped policy and value losses."""
+    rl = RLConfig(advantage="gae", surrogate="ppo", agg="token-mean", prompts_per_step=B // GROUP,
+                  group_size=GROUP, kl=KLConfig(placement="reward", estimator="k1", coef=0.1), value_coef=0.5,
+                  value_clip=0.2)
+    return _problem(PPO_CFG, rl, seed=1)
 
 
 STEPS = 2  # the second step reads the first one's Adam moments, which the first step sharded
@@ -98,6 +114,7 @@ def experiment_config(mesh: dict):
     config = shrink(load_config(os.path.join(ROOT, "configs", "grpo_arithmetic.py")), real_model=False)
     config.sft.steps = 2
     config.rl.update(steps=2, prompts_per_step=4, entropy_coef=0.01)
+    config.task.validation_size = 4
     config.eval.update(num_examples=4, batch_size=4)
     config.mesh.update(**mesh)
     return config
@@ -120,7 +137,7 @@ def run_experiment(mesh: dict, workdir: str):
     and evaluation call) of `experiment.run` of `experiment_config(mesh)` in `workdir`."""
     final, texts = {}, []
     with pytest.MonkeyPatch.context() as patch:
-        _spy(patch, experiment._Stage, "close", lambda stage, _: final.update({stage.name: stage.state}))
-        _spy(patch, RLTrainer, "score", lambda trainer, scored: texts.append(scored[2]))
-        experiment.run(experiment_config(mesh), workdir, defaults=base.get_config())
+        _spy(patch, Stage, "close", lambda stage, _: final.update({stage.name: stage.state}))
+        _spy(patch, Collector, "score", lambda collector, scored: texts.append(scored[2]))
+        experiment.run(experiment_config(mesh), workdir)
     return read_jsonl(os.path.join(workdir, "metrics.jsonl")), final["rl"], texts

@@ -6,8 +6,8 @@ local devices: the reference) or as one of 2 processes with 4 devices each, join
 `jax.distributed` and talking through the CPU collectives (gloo); the joined processes share
 --out. Jobs:
 
-  step        the sharded GRPO steps; process 0 writes the gathered params and the metrics to
-              step.npz.
+  step        the sharded GRPO learner calls; process 0 writes the gathered params and the
+              metrics to step.npz.
   experiment  `experiment.run` of the tiny grpo_arithmetic config with --out/workdir as its
               workdir; every process writes the completions it decoded to texts.<process>.json,
               and process 0 the final RL params to params.npz.
@@ -34,14 +34,14 @@ INIT_TIMEOUT_S = 120  # a peer that never arrives fails the run instead of hangi
 
 
 def step_job(out: Path) -> None:
-    from rljax import models, sharding
+    from rljax import sharding
     from rljax.train.sharded import shard_train_step
-    from tests.multiprocess.problem import CFG, grpo_problem, run_steps
+    from tests.multiprocess.problem import grpo_problem, run_steps
 
-    step, state, batch, key = grpo_problem()
+    p = grpo_problem()
     mesh = sharding.make_mesh(*MESH)
-    sharded = shard_train_step(step, mesh, state, batch, models.param_axes(CFG))
-    state, metrics = run_steps(sharded, sharded.place_state(state), sharded.place_batch(batch), key)
+    sharded = shard_train_step(p.step, mesh, p.state, p.batch, p.param_axes, frozen_axes=p.frozen_axes)
+    state, metrics = run_steps(sharded, sharded.place_state(p.state), sharded.place_batch(p.batch), p.key)
     _save_from_process_0(out / "step.npz", {"params": state.params, "metrics": metrics})
 
 

@@ -10,40 +10,35 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rljax import models
-from rljax.train import rollout
+from rljax.losses import registry
 from rljax.train.checkpoint import Checkpointer, abstract_like
 from rljax.train.faults import NonFiniteError, NonFiniteGuard, Preemption
-from rljax.train.objectives import make_objective
 from rljax.train.optim import make_optimizer
 from rljax.train.state import TrainState
-from rljax.train.steps import make_policy_step
-from tests.train.test_steps import CFG, _batch
+from tests.train.test_learner import _learner, _rl, _rollout, _state as _learner_state
 from tests.test_configs import ROOT, load_config, shrink
 
 
-def _policy_step_and_state():
-    optimizer = make_optimizer(1e-2, total_steps=10)
-    step = jax.jit(make_policy_step(CFG, optimizer, make_objective("grpo", clip_eps=0.2)))
-    state = TrainState.create(models.init(CFG, jax.random.PRNGKey(0)), optimizer, jax.random.PRNGKey(1))
-    return step, state
-
-
-@pytest.mark.parametrize("poison", ["nan_advantage", "inf_old_logp"])
-def test_a_nonfinite_step_leaves_the_state_unchanged(poison):
-    step, state = _policy_step_and_state()
-    batch = _batch()
-    if poison == "nan_advantage":
-        batch["advantages"] = batch["advantages"].at[3].set(jnp.nan)
+@pytest.mark.parametrize("poison", ["nan_reward", "inf_sampler_logp"])
+def test_a_nonfinite_update_leaves_the_state_unchanged(poison):
+    learner = _learner(_rl(advantage="grpo", surrogate="ppo", old_logp="sampler"),
+                       optimizer=make_optimizer(1e-2, total_steps=10))
+    state, batch = _learner_state(learner), _rollout()
+    if poison == "nan_reward":
+        bad = batch.replace(rewards=batch.rewards.copy())
+        bad.rewards[3] = np.nan
     else:
-        batch["old_logp"] = jnp.where(batch["loss_mask"], -jnp.inf, batch["old_logp"])
-    after, metrics = step(state, batch, jax.random.PRNGKey(2))
-    assert float(metrics["nonfinite"]) == 1.0
+        bad = batch.replace(sampler_logp=np.where(batch.loss_mask, -np.inf, batch.sampler_logp))
+    learn = jax.jit(learner.learn)
+    after, metrics = learn(state, bad, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(metrics["nonfinite"], [1.0])
     jax.tree.map(np.testing.assert_array_equal, after, state)  # params, Adam moments, step count
     # The same state then takes a finite step normally.
-    good, metrics = step(after, _batch(), jax.random.PRNGKey(2))
-    assert float(metrics["nonfinite"]) == 0.0 and int(good.step) == 1
-    assert not np.allclose(good.params["embed"]["embedding"], state.params["embed"]["embedding"])
+    good, metrics = learn(after, batch, jax.random.PRNGKey(2))
+    np.testing.assert_array_equal(metrics["nonfinite"], [0.0])
+    assert int(good.step) == 1
+    embedding = lambda s: s.params["policy"]["embed"]["embedding"]  # noqa: E731
+    assert not np.allclose(embedding(good), embedding(state))
 
 
 def test_guard_counts_skips_resets_on_a_good_step_and_stops_after_n_in_a_row():
@@ -63,11 +58,11 @@ def test_rl_run_with_nan_advantages_stops_and_names_the_step(tmp_path, monkeypat
     config.sft.steps = 0
     config.rl.steps = 4
     config.faults.max_consecutive_nonfinite = 2
-    nan_advantages = lambda estimator, rewards, greedy=None: jnp.full(rewards.shape, jnp.nan)  # noqa: E731
-    monkeypatch.setattr(rollout, "sequence_advantages", nan_advantages)
+    nan_advantages = lambda inputs: (jnp.full(inputs.rewards.shape, jnp.nan), None)  # noqa: E731
+    monkeypatch.setitem(registry.ADVANTAGES, "grpo", registry.Advantage(nan_advantages, "NaN"))
     from rljax.train import experiment
 
-    with pytest.raises(NonFiniteError, match="2 consecutive train steps .* RL optimiser step 0"):
+    with pytest.raises(NonFiniteError, match="2 consecutive train steps .* rl iteration 1"):
         experiment.run(config, str(tmp_path))
     rows = [r for r in experiment.read_jsonl(str(tmp_path / "metrics.jsonl")) if "reward_mean" in r]
     assert rows and rows[0]["nonfinite_steps"] == 1.0  # the first skipped step was logged

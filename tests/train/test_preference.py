@@ -243,7 +243,7 @@ def test_ppo_against_the_learned_reward_logs_the_true_reward(tmp_path, centred):
 def test_ppo_critic_from_the_reward_model_starts_as_its_copy(tmp_path, monkeypatch):
     from tests.test_configs import ROOT, load_config, shrink  # noqa: PLC0415
 
-    from rljax.train import experiment, rl  # noqa: PLC0415
+    from rljax.train import experiment, stage  # noqa: PLC0415
 
     config = shrink(load_config(os.path.join(ROOT, "configs", "ppo_rm_arithmetic.py")), real_model=False)
     config.preference.reward_model.init_critic = True  # the config's reward model has an LM head (sft_coef)
@@ -252,14 +252,14 @@ def test_ppo_critic_from_the_reward_model_starts_as_its_copy(tmp_path, monkeypat
     make_critic = reward_model.critic_from_reward_model
     monkeypatch.setattr(reward_model, "critic_from_reward_model",
                         lambda *rm: made.append((rm, make_critic(*rm))) or made[-1][1])
-    init_state = rl.RLTrainer.init_state
+    init_stage = stage.Stage.__init__
 
-    def keep_critic(self, *args):  # a host copy: the train step donates the state's buffers
-        state = init_state(self, *args)
-        started.append(jax.tree.map(np.array, state.params["critic"]))
-        return state
+    def keep_critic(self, name, workdir, total, state, *args, **kwargs):  # a host copy: the learner
+        if name == "rl":                                                  # donates the state's buffers
+            started.append(jax.tree.map(np.array, state.params["critic"]))
+        init_stage(self, name, workdir, total, state, *args, **kwargs)
 
-    monkeypatch.setattr(rl.RLTrainer, "init_state", keep_critic)
+    monkeypatch.setattr(stage.Stage, "__init__", keep_critic)
     experiment.run(config, str(tmp_path))
     [((critic_cfg, rm_params), _)] = made
     assert not critic_cfg.lm_head and critic_cfg.value_head

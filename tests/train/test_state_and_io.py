@@ -1,6 +1,5 @@
 """TrainState, the optimiser factory, checkpoints and run reporting."""
 
-import json
 import os
 
 import jax
