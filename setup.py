@@ -20,6 +20,7 @@ RUNTIME = [
     "matplotlib>=3.8",
     "psutil>=5.9",
     "jinja2>=3.1.6",  # chat templates
+    "math-verify>=0.8",  # symbolic equivalence of non-numeric final answers (rewards.math_answers)
 ]
 
 # Real, pip-installable assets: a pretrained model (GGUF) and the GSM8K test split.
@@ -30,9 +31,11 @@ PARITY = [
     "torch==2.13.0",  # exact pin: the CPU build that lies on this machine's disk
     "transformers>=4.56",
     "accelerate>=1.0",  # transformers needs it to load GGUF checkpoints
+    "peft>=0.17",  # loads rljax's LoRA adapter export onto the transformers model
 ]
 
 TEST = PARITY + [
+    "jax[tpu]>=0.10.2",  # libtpu: tests/aot compiles for TPU topologies on the CPU host (compile-only)
     "pytest>=8",
     "pytest-xdist>=3.5",
     "hypothesis>=6.100",

@@ -1,10 +1,10 @@
 """Data for RL on language models: task datasets (tfds builders), prompts, sampling, batching.
 
   tasks       load_task(name, split, data_dir=None, **knobs) -> TaskSource; TASKS; hold_out
-  arithmetic, countdown, gsm8k, code   the tfds builders and their configs (knobs)
+  arithmetic, two_operand, countdown, gsm8k, code   the tfds builders and their configs (knobs)
   builder     TaskConfig / TaskBuilder, the machinery the builders share
   sampler     PromptSampler: seeded per-epoch order, resumable from one integer
-  prompts     plain_prompt, plain_target, chat_messages
+  prompts     plain_prompt, plain_target, chat_messages, task_messages
   corpus      tokenizer_corpus (texts for tokenizers.train_sentencepiece)
   batching    pad_left (generation), pad_sft (SFT with a loss mask)
   tokenizers  the Tokenizer interface, SentencePiece and BPE
@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_task": "tasks", "TaskSource": "tasks", "TASKS": "tasks", "default_data_dir": "tasks",
     "hold_out": "tasks",
     "PromptSampler": "sampler",
-    "plain_prompt": "prompts", "plain_target": "prompts", "chat_messages": "prompts",
+    "plain_prompt": "prompts", "plain_target": "prompts", "chat_messages": "prompts", "task_messages": "prompts",
     "tokenizer_corpus": "corpus",
     "pad_left": "batching", "pad_sft": "batching",
 }

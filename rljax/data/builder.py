@@ -40,6 +40,9 @@ from etils import epath
 Example = dict[str, Any]
 Problem = TypeVar("Problem")
 SPLITS = ("train", "test")
+# A builder whose `make_splits` also gives a "validation" split (`TaskBuilder.VALIDATION`), drawn
+# apart from both, is read as its validation split instead of the tail of its train split.
+VALIDATION = "validation"
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,6 +96,8 @@ class TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
     CONFIG_CLASS: ClassVar[type[TaskConfig]]
+    # True when `make_splits` gives a "validation" split too, sized by a `validation_size` knob.
+    HAS_VALIDATION: ClassVar[bool] = False
 
     @classmethod
     def config_for(cls, **knobs: Any) -> TaskConfig:
@@ -118,7 +123,8 @@ class TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     @staticmethod
     @abc.abstractmethod
     def make_splits(config: TaskConfig) -> dict[str, list[Example]]:
-        """All examples of every split in `SPLITS`, as plain Python values."""
+        """All examples of every split in `SPLITS` (and "validation" with `HAS_VALIDATION`), as
+        plain Python values."""
 
     def _info(self) -> tfds.core.DatasetInfo:
         text = tfds.features.Text()
@@ -133,7 +139,7 @@ class TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         ids = [example["id"] for examples in splits.values() for example in examples]
         if len(ids) != len(set(ids)):
             raise AssertionError(f"{self.name}: example ids repeat across splits")
-        return {name: self._generate_examples(splits[name]) for name in SPLITS}
+        return {name: self._generate_examples(examples) for name, examples in splits.items()}
 
     def _generate_examples(self, examples: list[Example]):
         for example in examples:

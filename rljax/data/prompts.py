@@ -51,3 +51,14 @@ def chat_messages(example: Mapping[str, Any], answer_format: str = "hash", *,
     messages = [] if system is None else [{"role": "system", "content": system}]
     content = f"{example['question']}\n\n{INSTRUCTIONS[answer_format]}"
     return messages + [{"role": "user", "content": content}]
+
+
+def task_messages(example: Mapping[str, Any], prompt: str, answer_format: str) -> list[dict[str, str]]:
+    """The user turn a chat model gets for `example`: with `prompt="chat"` the question and the
+    answer format's instruction (`chat_messages`), with "chat_question" the question alone, as
+    the task wrote it (the model's chat template adds its default system prompt)."""
+    if prompt == "chat_question":
+        return [{"role": "user", "content": example["question"]}]
+    if prompt == "chat":
+        return chat_messages(example, answer_format)
+    raise ValueError(f"prompt {prompt!r} is no chat prompt; expected 'chat' or 'chat_question'")

@@ -19,14 +19,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from .arithmetic import ArithmeticBuilder
-from .builder import SPLITS, TaskBuilder, TaskConfig
+from .builder import SPLITS, VALIDATION, TaskBuilder, TaskConfig
 from .code import CodeBuilder
 from .countdown import CountdownBuilder
 from .gsm8k import Gsm8kBuilder
+from .two_operand import TwoOperandBuilder
 
 TASKS: dict[str, type[TaskBuilder]] = {
     "arithmetic": ArithmeticBuilder, "countdown": CountdownBuilder, "gsm8k": Gsm8kBuilder,
-    "code": CodeBuilder}
+    "code": CodeBuilder, "two_operand": TwoOperandBuilder}
 
 
 def default_data_dir() -> str:
@@ -105,8 +106,9 @@ def open_split(builder_cls: type[TaskBuilder], name: str, split: str,
                data_dir: str | os.PathLike | None = None, **knobs: Any) -> TaskSource:
     """Opens `split` of any `TaskBuilder` for `knobs`, preparing it on first use (`load_task`'s
     machinery, also used by builders outside `TASKS`, e.g. `rljax.data.preference`)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; splits are {SPLITS}")
+    splits = SPLITS + ((VALIDATION,) if builder_cls.HAS_VALIDATION else ())
+    if split not in splits:
+        raise ValueError(f"unknown split {split!r}; splits are {splits}")
     config = builder_cls.config_for(**knobs)
     source = tfds.data_source(builder_cls.name, split=split,
                               data_dir=os.fspath(data_dir or default_data_dir()),

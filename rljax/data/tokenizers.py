@@ -294,6 +294,20 @@ class BPETokenizer(Tokenizer):
     def id_to_token(self, token_id: int) -> str:
         return self._tokenizer.id_to_token(int(token_id))
 
+    def save_hf(self, path: str | os.PathLike) -> None:
+        """Writes tokenizer.json and tokenizer_config.json (with the chat template and the
+        special tokens) into directory `path`: what `transformers.AutoTokenizer.from_pretrained`
+        loads as a fast tokenizer with the same ids."""
+        path = os.fspath(path)
+        self._tokenizer.save(os.path.join(path, "tokenizer.json"))
+        name = lambda i: None if i is None else self.id_to_token(i)  # noqa: E731
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "bos_token": name(self.bos_id), "eos_token": name(self.eos_id),
+                  "pad_token": name(self.pad_id if self.pad_id is not None else self.eos_id),
+                  "chat_template": self.chat_template}
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+            json.dump({k: v for k, v in config.items() if v is not None}, f, indent=2)
+
     @classmethod
     def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> BPETokenizer:
         """Builds the tokenizer a GGUF file describes (`tokenizer.*` metadata keys).

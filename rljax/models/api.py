@@ -40,6 +40,18 @@ def param_axes(cfg: ModelConfig) -> dict:
     return nn.get_partition_spec(boxed)["params"]
 
 
+# LoRA adapters (`rljax.models.lora`) travel with the params they adapt, under this key.
+ADAPTERS = "lora"
+
+
+def variables(params: dict) -> dict:
+    """The Linen variables of a params pytree: its adapters (the `ADAPTERS` entry, when there
+    is one) are a collection of their own beside "params"."""
+    if ADAPTERS not in params:
+        return {"params": params}
+    return {"params": {k: v for k, v in params.items() if k != ADAPTERS}, ADAPTERS: params[ADAPTERS]}
+
+
 def default_positions(mask: jax.Array, cache: Cache | None = None) -> jax.Array:
     """cumsum(mask) - 1, continued from the real tokens already in the cache; padding gets 0."""
     positions = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
@@ -62,7 +74,7 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
     mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
     if positions is None:
         positions = default_positions(mask, cache)
-    outputs, cache = Transformer(cfg).apply({"params": params}, tokens, positions, mask, cache)
+    outputs, cache = Transformer(cfg).apply(variables(params), tokens, positions, mask, cache)
     return Output(outputs.get("logits"), outputs.get("values"), outputs["hidden"], cache)
 
 

@@ -14,6 +14,8 @@ from typing import Literal
 import jax.numpy as jnp
 
 LayerType = Literal["full", "sliding"]
+# The projections LoRA adapters may sit on: attention's q, k, v, o and the gated MLP's.
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,11 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: "bfloat16" on accelerators
     remat: bool = False  # rematerialise each block in the backward pass
     scan_layers: bool = False  # lax.scan over layers: one compiled block, faster compiles
+    # LoRA (Hu et al. 2021, `rljax.models.lora`): low-rank adapters on these projections, read
+    # from the "lora" entry of the params when it is there; rank 0 is no adapters.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
     def __post_init__(self):
         if self.n_heads % self.n_kv_heads:
@@ -92,6 +99,12 @@ class ModelConfig:
             raise ValueError("layer_types has sliding layers but sliding_window is not set")
         if not (self.lm_head or self.value_head):
             raise ValueError("a model needs at least one head: lm_head or value_head")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank={self.lora_rank}: the adapters' rank must be >= 1 (0: no adapters)")
+        unknown = set(self.lora_targets) - set(LORA_TARGETS)
+        if unknown:
+            raise ValueError(f"lora_targets {sorted(unknown)} are not projections of the model; choose from "
+                             f"{LORA_TARGETS}")
 
     @property
     def types(self) -> tuple[LayerType, ...]:
@@ -152,12 +165,50 @@ PRESETS: dict[str, ModelConfig] = {
         local_rope_theta=10_000.0, sliding_window=512, layer_types=_gemma3_layer_types(26),
         max_seq_len=32768,
     ),
+    # Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-3B: tied embeddings, q/k/v biases, head_dim 128.
+    "qwen2.5-1.5b": ModelConfig(
+        vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+        mlp_dim=8960, norm_eps=1e-6, qkv_bias=True, rope_theta=1_000_000.0, max_seq_len=32768,
+    ),
+    "qwen2.5-3b": ModelConfig(
+        vocab_size=151936, d_model=2048, n_layers=36, n_heads=16, n_kv_heads=2, head_dim=128,
+        mlp_dim=11008, norm_eps=1e-6, qkv_bias=True, rope_theta=1_000_000.0, max_seq_len=32768,
+    ),
+    # google/gemma-3-4b-pt, the language model: 5 sliding (window 1024, base 10k) : 1 global
+    # (base 1M, positions interpolated 8x) layers.
+    "gemma3-4b": ModelConfig(
+        vocab_size=262208, d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4, head_dim=256,
+        mlp_dim=10240, activation="gelu_tanh", norm_eps=1e-6, norm_plus_one=True, qk_norm=True,
+        post_norms=True, scale_embeddings=True, attn_scale=256.0, rope_theta=1_000_000.0,
+        rope_scaling=RopeScaling(kind="linear", factor=8.0), local_rope_theta=10_000.0,
+        sliding_window=1024, layer_types=_gemma3_layer_types(34), max_seq_len=131072,
+    ),
+    # Qwen/Qwen2.5-7B: untied LM head, q/k/v biases, 4 kv heads.
+    "qwen2.5-7b": ModelConfig(
+        vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+        mlp_dim=18944, norm_eps=1e-6, qkv_bias=True, tie_embeddings=False, rope_theta=1_000_000.0,
+        max_seq_len=131072,
+    ),
+    # meta-llama/Llama-3.1-8B: untied LM head, llama3 RoPE scaling (factor 8).
+    "llama3.1-8b": ModelConfig(
+        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+        mlp_dim=14336, norm_eps=1e-5, tie_embeddings=False, rope_theta=500_000.0, max_seq_len=131072,
+        rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0,
+                                 high_freq_factor=4.0, original_max_position=8192),
+    ),
+    # Qwen/Qwen3-8B: QK-norm, no biases, untied LM head.
+    "qwen3-8b": ModelConfig(
+        vocab_size=151936, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
+        mlp_dim=12288, norm_eps=1e-6, qk_norm=True, tie_embeddings=False, rope_theta=1_000_000.0,
+        max_seq_len=40960,
+    ),
 }
 
 
 def get_config(name: str, **overrides) -> ModelConfig:
     """Returns the preset `name` ("tiny", "smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b",
-    "llama3.2-1b", "gemma3-1b"), with any field overridden by keyword."""
+    "llama3.2-1b", "gemma3-1b", "qwen2.5-1.5b", "qwen2.5-3b", "gemma3-4b", "qwen2.5-7b",
+    "llama3.1-8b", "qwen3-8b"), with any field overridden by keyword."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

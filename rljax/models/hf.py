@@ -654,3 +654,44 @@ def save_hf(cfg: ModelConfig, params: dict, path, model_type: str | None = None,
         (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     (path / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA adapters in PEFT's layout.
+
+_LORA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                 "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+
+
+def save_peft(cfg: ModelConfig, params: dict, path, base_model: str = "") -> Path:
+    """Writes the LoRA adapters of a policy's params (`rljax.models.lora`) as a PEFT adapter that
+    `peft.PeftModel.from_pretrained(transformers_model, path)` loads onto the base model
+    `save_hf` writes: adapter_config.json and adapter_model.safetensors with PEFT's names
+    (`base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` [r, in] and `lora_B` [out, r]),
+    so that ΔW = (α/r)·lora_B·lora_A is the rljax delta (α/r)·A·B transposed to HF's [out, in].
+    """
+    adapters = params.get(api.ADAPTERS)
+    if adapters is None or not cfg.lora_rank:
+        raise ValueError("save_peft needs LoRA adapters: params[models.ADAPTERS] and a config with lora_rank")
+    kernel_in = {t.path: t.kernel_in for t in _layer_tensors(cfg)}
+    tensors = []
+    for i in range(cfg.n_layers):
+        layer = jax.tree.map(lambda x, i=i: x[i], adapters["layers"]) if cfg.scan_layers else adapters[f"layers_{i}"]
+        for target in cfg.lora_targets:
+            group = "attn" if target in "qkvo" else "mlp"
+            a, b = (np.asarray(jax.device_get(layer[group][target][k]), np.float32) for k in ("a", "b"))
+            n_in = kernel_in[f"{group}/{target}/kernel"]
+            a_flat, b_flat = a.reshape(math.prod(a.shape[:n_in]), -1), b.reshape(b.shape[0], -1)  # [in, r], [r, out]
+            name = f"base_model.model.model.layers.{i}.{_LORA_MODULES[target]}"
+            for suffix, value in (("lora_A.weight", a_flat.T), ("lora_B.weight", b_flat.T)):
+                value = np.ascontiguousarray(value)
+                tensors.append(_Out(f"{name}.{suffix}", value.shape, value.dtype, lambda v=value: v))
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(path / "adapter_model.safetensors", sorted(tensors, key=lambda t: _natural_key(t.name)))
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+              "r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_dropout": 0.0, "bias": "none",
+              "target_modules": sorted(_LORA_MODULES[t].split(".")[-1] for t in cfg.lora_targets),
+              "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True, "inference_mode": True}
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    return path

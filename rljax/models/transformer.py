@@ -48,7 +48,13 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-    """y = einsum(spec, x, W) (+ b), W initialised with variance 1 / fan_in over the contracted axes."""
+    """y = einsum(spec, x, W) (+ b), W initialised with variance 1 / fan_in over the contracted axes.
+
+    With `lora_rank` r > 0 and adapters in the "lora" collection (LoRA, Hu et al. 2021,
+    `rljax.models.lora`): y += (α/r)·(x·A)·B, with A [contracted dims..., r] and B [r, output
+    dims...] (B initialised to 0, so the adapted model starts as the base); the low-rank path is
+    computed as two products, so the frozen W needs no gradient of its own.
+    """
 
     spec: str  # e.g. "BTD,DNH->BTNH"
     shape: tuple[int, ...]
@@ -56,6 +62,8 @@ class Linear(nn.Module):
     use_bias: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
 
     @nn.compact
     def __call__(self, x):
@@ -69,6 +77,8 @@ class Linear(nn.Module):
             self.param_dtype,
         )
         y = _einsum_rows(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.lora_rank and (self.has_variable("lora", "a") or self.is_mutable_collection("lora")):
+            y = y + self._lora_delta(x.astype(self.dtype), x_letters, w_letters, y_letters, fan_in)
         if self.use_bias:
             out_dims = [(letter, n, a) for letter, n, a in zip(w_letters, self.shape, self.axes)
                         if letter in y_letters]
@@ -80,6 +90,30 @@ class Linear(nn.Module):
             )
             y = y + bias.astype(self.dtype)
         return y
+
+    def _lora_delta(self, x, x_letters, w_letters, y_letters, fan_in):
+        """(α/r)·(x·A)·B: A over the kernel's contracted dims, B over its output dims."""
+        contracted = [(c, n, a) for c, n, a in zip(w_letters, self.shape, self.axes) if c in x_letters]
+        outputs = [(c, n, a) for c, n, a in zip(w_letters, self.shape, self.axes) if c not in x_letters]
+        r = self.lora_rank
+        a = self.variable("lora", "a", lambda: nn.with_logical_partitioning(
+            nn.initializers.normal(fan_in**-0.5), tuple(ax for _, _, ax in contracted) + (None,))(
+                self.make_rng("params"), tuple(n for _, n, _ in contracted) + (r,), jnp.float32))
+        b = self.variable("lora", "b", lambda: nn.with_logical_partitioning(
+            nn.initializers.zeros, (None,) + tuple(ax for _, _, ax in outputs))(
+                None, (r,) + tuple(n for _, n, _ in outputs), jnp.float32))
+        a, b = nn.meta.unbox(a.value).astype(self.dtype), nn.meta.unbox(b.value).astype(self.dtype)
+        a_letters = "".join(c for c, _, _ in contracted) + "Z"
+        b_letters = "Z" + "".join(c for c, _, _ in outputs)
+        low = _einsum_rows(f"{x_letters},{a_letters}->{x_letters[:2]}Z", x, a)
+        return _einsum_rows(f"{x_letters[:2]}Z,{b_letters}->{y_letters}", low, b) * (self.lora_alpha / r)
+
+
+def _lora(cfg: ModelConfig, name: str) -> dict:
+    """The LoRA fields of projection `name`'s `Linear` (none when it is not a target)."""
+    if not cfg.lora_rank or name not in cfg.lora_targets:
+        return {}
+    return dict(lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
 
 
 def _einsum_rows(spec: str, x, w):
@@ -163,9 +197,12 @@ class Attention(nn.Module):
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, use_bias=cfg.qkv_bias)
-        q = Linear("BTD,DNH->BTNH", (D, N, H), ("embed", "q_heads", "head_dim"), name="q", **dense)(x)
-        k = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="k", **dense)(x)
-        v = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="v", **dense)(x)
+        q = Linear("BTD,DNH->BTNH", (D, N, H), ("embed", "q_heads", "head_dim"), name="q", **dense,
+                   **_lora(cfg, "q"))(x)
+        k = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="k", **dense,
+                   **_lora(cfg, "k"))(x)
+        v = Linear("BTD,DKH->BTKH", (D, K, H), ("embed", "kv_heads", "head_dim"), name="v", **dense,
+                   **_lora(cfg, "v"))(x)
         if cfg.qk_norm:
             norm = dict(eps=cfg.norm_eps, plus_one=cfg.norm_plus_one, axis_name="head_dim",
                         dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
@@ -193,7 +230,7 @@ class Attention(nn.Module):
         scores = jnp.where(allowed[:, None, None, :, :], scores, _MASKED_SCORE)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
-        out = Linear("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), name="o",
+        out = Linear("BTNH,NHD->BTD", (N, H, D), ("q_heads", "head_dim", "embed"), name="o", **_lora(cfg, "o"),
                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)(out)
         return out, new_kv
 
@@ -212,11 +249,14 @@ class Mlp(nn.Module):
     def __call__(self, x):
         cfg = self.cfg
         dense = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype)
-        gate = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="gate", **dense)(x)
-        up = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="up", **dense)(x)
+        gate = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="gate", **dense,
+                      **_lora(cfg, "gate"))(x)
+        up = Linear("BTD,DF->BTF", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), name="up", **dense,
+                    **_lora(cfg, "up"))(x)
         act = jax.nn.silu if cfg.activation == "silu" else lambda g: jax.nn.gelu(g, approximate=True)
         h = act(gate) * up
-        return Linear("BTF,FD->BTD", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), name="down", **dense)(h)
+        return Linear("BTF,FD->BTD", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), name="down", **dense,
+                      **_lora(cfg, "down"))(h)
 
 
 class Block(nn.Module):
@@ -299,7 +339,7 @@ class Transformer(nn.Module):
         if cfg.scan_layers:
             layers = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "lora": 0},
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
                 length=cfg.n_layers,

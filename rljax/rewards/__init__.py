@@ -1,8 +1,9 @@
 """Verifiable rewards: answer extraction, math and Countdown checkers, format rewards, safe scoring.
 
   numbers     parse_number, first_number, last_number, numbers_close (exact rationals)
-  extract     extract_answer, extract_number, extract_hash, extract_boxed, extract_answer_tag
-  math_answers  math_reward(completion, answer)
+  extract     extract_answer, extract_number, extract_hash, extract_boxed, extract_answer_tag,
+              extract_stated ("the answer is ...")
+  math_answers  math_reward(completion, answer), last_integer_reward(completion, answer)
   countdown   evaluate_expression (a safe parser, no eval), check_countdown, countdown_reward
   format      format_reward(completion, fmt)
   sandbox     run_code(program, tests, timeout_s, memory_mb): untrusted Python in a bubblewrap
@@ -33,10 +34,11 @@ from .extract import (
     extract_boxed,
     extract_hash,
     extract_number,
+    extract_stated,
 )
 from .format import format_reward
-from .math_answers import math_reward
-from .numbers import first_number, last_number, numbers_close, parse_number
+from .math_answers import last_integer_reward, math_reward
+from .numbers import first_number, last_integer, last_number, numbers_close, parse_number
 from .reward_fns import (
     TASK_ANSWER_FORMATS,
     RewardFn,
@@ -44,6 +46,7 @@ from .reward_fns import (
     code_reward_fn,
     countdown_reward_fn,
     format_reward_fn,
+    last_integer_reward_fn,
     math_reward_fn,
     task_rewards,
     weighted_sum,

@@ -6,14 +6,16 @@ Formats (`ANSWER_FORMATS`; `rljax.data.prompts` writes the matching instructions
   "hash"        GSM8K's `#### <answer>`: the rest of the line after the last `####`.
   "boxed"       `\\boxed{<answer>}` (or `\\fbox{}`), the last one, braces nested to any depth.
   "answer_tag"  `<answer> ... </answer>`, the last complete pair (DeepSeek-R1 / TinyZero style).
-`extract_answer(text, "auto")` tries hash, boxed, answer_tag, then falls back to plain, for
-scoring completions whose format is unknown.
+`extract_answer(text, "auto")` tries hash, boxed, answer_tag, then a stated answer ("the answer
+is 18.", "Final answer: 18"), then falls back to plain: what pretrained models write when asked
+in their own words.
 
 The extractors never raise on any string: a missing or malformed marker gives None.
 """
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 from .numbers import first_number, last_number
@@ -70,7 +72,22 @@ def extract_answer_tag(text: str) -> str | None:
     return text[start + len("<answer>"):end].strip() or None
 
 
-_EXTRACTORS = {"hash": extract_hash, "boxed": extract_boxed, "answer_tag": extract_answer_tag}
+_STATED = re.compile(r"(?:final\s+answer|the\s+answer|answer)\s*(?:is|:|=)\s*:?\s*(?P<answer>[^\n]+)",
+                     re.IGNORECASE)
+
+
+def extract_stated(text: str) -> str | None:
+    """What follows the last "the answer is" / "final answer:" / "answer =" (to the end of its
+    line, a final period dropped), or None."""
+    matches = list(_STATED.finditer(text))
+    if not matches:
+        return None
+    answer = matches[-1]["answer"].strip().rstrip(".").strip()
+    return answer or None
+
+
+_EXTRACTORS = {"hash": extract_hash, "boxed": extract_boxed, "answer_tag": extract_answer_tag,
+               "stated": extract_stated}
 
 
 def _marked_answer(text: str, fmt: str) -> str | None:
@@ -79,7 +96,7 @@ def _marked_answer(text: str, fmt: str) -> str | None:
     check_format(fmt, ANSWER_FORMATS + ("auto",))
     if fmt == "plain":
         return None
-    for name in tuple(_EXTRACTORS) if fmt == "auto" else (fmt,):
+    for name in tuple(_EXTRACTORS) if fmt == "auto" else (fmt,):  # "stated" is tried by "auto" only
         answer = _EXTRACTORS[name](text)
         if answer is not None:
             return answer

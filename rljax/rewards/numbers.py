@@ -81,6 +81,17 @@ def last_number(text: str) -> Fraction | None:
     return None if last is None else _match_value(last)
 
 
+def last_integer(text: str) -> int | None:
+    """The last number token of `text` when it is an integer literal (`85`, `-35`, `1,280`), else
+    None (also when it is a decimal or a fraction: `85.5`, `170/2`)."""
+    last = None
+    for last in NUMBER_RE.finditer(clean_latex(text)):
+        pass
+    if last is None or last["den"] is not None or "." in last["num"] or len(last["num"]) > MAX_TOKEN_CHARS:
+        return None
+    return int(last["num"].replace(",", ""))
+
+
 def parse_number(text: str) -> Fraction | None:
     """`text` as one number if it is exactly one number token (surrounding whitespace, `$`, `%`
     and a trailing `.` allowed), else None. For canonical answers, where extra text is an error."""

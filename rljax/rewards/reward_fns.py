@@ -19,13 +19,13 @@ from .code_answers import check_code_format, code_block_format_reward, code_rewa
 from .countdown import countdown_reward
 from .extract import ANSWER_FORMATS, check_format
 from .format import format_reward
-from .math_answers import math_reward
+from .math_answers import last_integer_reward, math_reward
 
 RewardFn = Callable[[str, Mapping[str, Any]], float]
 
 # The answer format each task's prompts ask for by default (see rljax.data.prompts).
 TASK_ANSWER_FORMATS = {"arithmetic": "hash", "gsm8k": "hash", "countdown": "answer_tag",
-                       "code": "plain"}
+                       "code": "plain", "two_operand": "plain"}
 
 
 def _math_from_example(completion: str, example: Mapping[str, Any], *, fmt: str,
@@ -37,6 +37,10 @@ def _countdown_from_example(completion: str, example: Mapping[str, Any], *, fmt:
                             use_all_numbers: bool) -> float:
     return countdown_reward(completion, example["numbers"], example["target"], fmt=fmt,
                             use_all_numbers=use_all_numbers)
+
+
+def _last_integer_from_example(completion: str, example: Mapping[str, Any]) -> float:
+    return last_integer_reward(completion, example["answer"])
 
 
 def _format_from_example(completion: str, example: Mapping[str, Any], *, fmt: str) -> float:
@@ -59,6 +63,11 @@ def math_reward_fn(fmt: str = "auto", tol: float = 1e-6) -> RewardFn:
     """`math_reward(completion, example["answer"], fmt=fmt, tol=tol)`."""
     check_format(fmt, ANSWER_FORMATS + ("auto",))
     return functools.partial(_math_from_example, fmt=fmt, tol=tol)
+
+
+def last_integer_reward_fn() -> RewardFn:
+    """`last_integer_reward(completion, example["answer"])`: the reply's last number."""
+    return _last_integer_from_example
 
 
 def countdown_reward_fn(fmt: str = "answer_tag", use_all_numbers: bool = False) -> RewardFn:
@@ -110,9 +119,13 @@ def task_rewards(task: str, answer_format: str | None = None, *, format_weight: 
                  ) -> tuple[dict[str, RewardFn], dict[str, float]]:
     """The default rewards of a task: `(fns, weights)` for `score(fns, ..., weights=weights)`.
 
-    "correct" (weight 1): the answer, extracted strictly in `answer_format` (a policy asked for
-    `#### N` that writes "the answer is 18" gets no credit), checked against the example.
-    "format" (weight `format_weight`): `format_reward` in that format; absent for "plain".
+    "correct" (weight 1): the final answer checked against the example's. With a marked format
+    (hash, boxed, answer_tag) the answer is looked for in that marker first, then in any other
+    form models write (`extract_answer(..., "auto")`: another marker, "the answer is 18", the
+    last number), so a model is judged on what it answered, not on how it wrote it; "two_operand"
+    takes the reply's last number (`last_integer_reward`).
+    "format" (weight `format_weight`): `format_reward` in the asked format, which teaches the
+    format itself; absent for "plain".
     `answer_format` defaults to `TASK_ANSWER_FORMATS[task]`. For "code" (formats "plain" and
     "code_block"), the sandbox is checked here, so a run without bubblewrap stops at set-up
     with `SandboxUnavailableError` instead of scoring every program 0.
@@ -123,7 +136,12 @@ def task_rewards(task: str, answer_format: str | None = None, *, format_weight: 
     fmt = answer_format or TASK_ANSWER_FORMATS[task]
     if task == "code":
         return _code_task_rewards(fmt, format_weight)
-    correct = countdown_reward_fn(fmt) if task == "countdown" else math_reward_fn(fmt)
+    if task == "countdown":
+        correct = countdown_reward_fn(fmt)
+    elif task == "two_operand":
+        correct = last_integer_reward_fn()
+    else:
+        correct = math_reward_fn("plain" if fmt == "plain" else "auto")
     fns, weights = {"correct": correct}, {"correct": 1.0}
     if fmt != "plain":
         fns["format"] = format_reward_fn(fmt)

@@ -151,8 +151,8 @@ class Learner:
             metrics = {**metrics, **{f"value/{k}": v for k, v in v_metrics.items()}, "value_loss": v_loss}
         return loss, metrics
 
-    def _forward(self, params, batch) -> Forward:
-        return self.networks.forward(params, batch.tokens, batch.attention_mask, batch.loss_mask)
+    def _forward(self, params, frozen, batch) -> Forward:
+        return self.networks.forward(params, frozen, batch.tokens, batch.attention_mask, batch.loss_mask)
 
     def _step(self, state: TrainState, loss_fn, batch, counts_mask) -> tuple[TrainState, dict]:
         """One optimiser step: `loss_fn(params, micro_batch)` summed over `rl.micro_batches`
@@ -164,7 +164,7 @@ class Learner:
 
     def update(self, state: TrainState, batch: PolicyBatch) -> tuple[TrainState, dict]:
         """One update on a complete minibatch (π_old and the advantages from before)."""
-        return self._step(state, lambda p, mb, counts: self.objective(self._forward(p, mb), mb, counts),
+        return self._step(state, lambda p, mb, counts: self.objective(self._forward(p, state.frozen, mb), mb, counts),
                           batch, batch.loss_mask)
 
     def on_policy_update(self, state: TrainState, batch: TrajectoryBatch, ref_logp,
@@ -175,7 +175,7 @@ class Learner:
 
         def loss_fn(params, micro, counts):
             trajectories, micro_ref, micro_prepared = micro
-            fwd = self._forward(params, trajectories)
+            fwd = self._forward(params, state.frozen, trajectories)
             old = jax.tree.map(jax.lax.stop_gradient, fwd)
             metrics = sampler_mismatch(old.logp, trajectories.sampler_logp, trajectories.loss_mask)
             if micro_prepared is None:
@@ -199,7 +199,7 @@ class Learner:
                 state.frozen, batch.tokens, batch.attention_mask, batch.loss_mask))
         metrics = {"staleness": jnp.mean((state.step - batch.policy_version).astype(jnp.float32))}
         if self.old_pass:
-            old = jax.lax.stop_gradient(self._forward(state.params, batch))
+            old = jax.lax.stop_gradient(self._forward(state.params, state.frozen, batch))
             prepared, pre_metrics = self.prepare(batch, old.logp, old.values, ref_logp)
             pre_metrics.update(sampler_mismatch(old.logp, batch.sampler_logp, batch.loss_mask))
             state, update_metrics = self._updates(state, prepared, key)

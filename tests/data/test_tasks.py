@@ -217,3 +217,27 @@ def test_pad_sft():
     assert tokens.dtype == np.int32 and loss_mask.dtype == bool
     with pytest.raises(ValueError, match="2 prompts but 1 answers"):
         batching.pad_sft([[1], [2]], [[3]])
+
+
+def test_two_operand_splits_share_no_triple_and_train_draws_the_operations_equally(tmp_path):
+    import collections
+
+    from rljax.data.tasks import load_task
+
+    knobs = dict(train_size=3000, test_size=60, validation_size=30)
+    splits = {s: load_task("two_operand", s, data_dir=str(tmp_path), **knobs) for s in ("train", "validation", "test")}
+    questions = {s: [src[i]["question"] for i in range(len(src))] for s, src in splits.items()}
+    assert {s: len(q) for s, q in questions.items()} == {"train": 3000, "validation": 30, "test": 60}
+    assert not set(questions["train"]) & set(questions["test"])
+    assert not set(questions["train"]) & set(questions["validation"])
+    assert not set(questions["validation"]) & set(questions["test"])
+    assert len(set(questions["test"])) == 60  # distinct held-out questions
+    ops = collections.Counter(q.split()[3] for q in questions["train"])
+    assert all(900 < ops[op] < 1100 for op in "+-*"), ops
+    # The 16 held-out `*` triples whole (a quarter of 64), the rest split evenly between + and -.
+    assert collections.Counter(q.split()[3] for q in questions["test"]) == {"*": 16, "+": 22, "-": 22}
+    for src in splits.values():
+        for i in range(0, len(src), 97):
+            a, op, b = src[i]["question"][len("What is "):-1].split()
+            assert int(src[i]["answer"]) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+            assert (2 <= int(a) <= 9) if op == "*" else (10 <= int(a) <= 99)

@@ -280,12 +280,13 @@ def test_score_thread_counts_errors_and_timeouts():
 
 def test_score_process_matches_thread_with_picklable_fns():
     fns, weights = R.task_rewards("gsm8k")
+    # Correct is judged on the answer, in any form; the format reward on the asked `#### N`.
     completions = ["#### 18", "it is 18", "\\boxed{18}", "#### 17"]
     examples = [{"answer": "18"}] * 4
     thread = R.score(fns, completions, examples, weights=weights)
     process = R.score(fns, completions, examples, weights=weights, isolation="process")
     np.testing.assert_array_equal(thread[0], process[0])
-    np.testing.assert_allclose(thread[0], [1.1, 0.0, 0.0, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(thread[0], [1.1, 1.0, 1.0, 0.1], rtol=1e-6)
     assert thread[1] == process[1]
     with pytest.raises(TypeError, match="picklable"):
         R.score({"f": lambda c, e: 1.0}, ["x"], [{}], isolation="process")

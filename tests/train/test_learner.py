@@ -54,8 +54,8 @@ def _learner(rl: RLConfig, cfg=CFG, critic_cfg=None, optimizer=None, old_pass=No
 def _state(learner: Learner, seed=1, critic_params=None) -> TrainState:
     nets = learner.networks
     params = models.init(nets.cfg, jax.random.PRNGKey(seed))
-    frozen = nets.frozen(models.init(nets.cfg, jax.random.PRNGKey(seed + 10)) if learner.rl.kl.active else None)
-    return TrainState.create(nets.trainable(params, critic_params), learner.optimizer, jax.random.PRNGKey(0), frozen)
+    reference = models.init(nets.cfg, jax.random.PRNGKey(seed + 10)) if learner.rl.kl.active else None
+    return nets.init_state(learner.optimizer, jax.random.PRNGKey(0), params, critic_params, reference)
 
 
 def _learn(learner, state, batch, key=3):
@@ -94,7 +94,7 @@ def test_the_objective_is_grpo_loss_on_the_policys_full_logits():
     ref = np.where(batch.loss_mask, rng.normal(-4.0, 0.3, (B, T)), 0.0).astype(np.float32)
     prepared, _ = learner.prepare(batch, jnp.asarray(old), jnp.zeros((B, T)), jnp.asarray(ref))
     counts = losses.global_counts(batch.loss_mask)
-    loss, metrics = learner.objective(learner._forward(state.params, batch), prepared, counts)
+    loss, metrics = learner.objective(learner._forward(state.params, state.frozen, batch), prepared, counts)
 
     logits, _ = models.apply(CFG, state.params["policy"], batch.tokens, mask=batch.attention_mask)
     logp = models.next_token_logprobs(logits, batch.tokens)
@@ -163,7 +163,7 @@ def test_ppo_advantages_match_a_numpy_reference():
     cfg = CFG.replace(value_head=True)
     learner = _learner(_rl(**PPO_KL), cfg)
     state, batch = _state(learner), _rollout()
-    old = learner._forward(state.params, batch)
+    old = learner._forward(state.params, state.frozen, batch)
     ref = learner.networks.reference_logp(state.frozen, batch.tokens, batch.attention_mask, batch.loss_mask)
     prepared, metrics = learner.prepare(batch, old.logp, old.values, ref)
 
@@ -212,7 +212,7 @@ def test_scanned_epochs_and_minibatches_equal_a_loop_of_updates():
     scanned, metrics = _learn(learner, state, batch)
     assert metrics["nonfinite"].shape == (4,) and int(scanned.step) == 4
 
-    old = learner._forward(state.params, batch)
+    old = learner._forward(state.params, state.frozen, batch)
     ref = learner.networks.reference_logp(state.frozen, batch.tokens, batch.attention_mask, batch.loss_mask)
     prepared, _ = learner.prepare(batch, old.logp, old.values, ref)
     looped = state
@@ -227,7 +227,7 @@ def test_tokens_off_the_loss_mask_get_exactly_zero_gradient():
     cfg = CFG.replace(value_head=True)
     learner = _learner(_rl(**PPO_KL, entropy_coef=0.01), cfg)
     state, batch = _state(learner), _rollout()
-    old = learner._forward(state.params, batch)
+    old = learner._forward(state.params, state.frozen, batch)
     prepared, _ = learner.prepare(batch, old.logp, old.values, jnp.zeros((B, T)))
     counts = losses.global_counts(batch.loss_mask)
     huge = jnp.where(batch.loss_mask, 0.0, 1e6)  # garbage off the mask must not leak in
@@ -255,7 +255,7 @@ def test_critics_learn_and_read_the_state_before_each_token(separate_critic):
         value_losses.append(float(metrics["value_loss"]))
     assert value_losses[-1] < value_losses[0]
     # Values are those of the state before each token: V(tokens[<t]), the value head at t - 1.
-    fwd = learner._forward(state.params, batch)
+    fwd = learner._forward(state.params, state.frozen, batch)
     raw = models.forward(critic_cfg or cfg, state.params["critic" if separate_critic else "policy"], batch.tokens,
                          mask=batch.attention_mask).values
     np.testing.assert_allclose(fwd.values, jnp.where(batch.loss_mask, state_values(raw), 0.0), rtol=1e-6)
@@ -274,3 +274,26 @@ def test_a_stale_batch_is_measured_and_sampler_logprobs_can_be_pi_old():
     _, metrics = _learn(learner, _state(learner), stale)
     np.testing.assert_allclose(metrics["staleness"], 3.0)
     assert float(metrics["ratio_mean"]) > 2.0  # π_old is the sampler's: ratios near e² on average
+
+
+def test_with_lora_only_the_adapters_learn_and_the_base_is_the_reference():
+    from rljax.models import lora
+
+    cfg = lora.with_lora(CFG, rank=4)
+    learner = _learner(_rl(**GRPO_KL), cfg)
+    base = models.init(CFG, jax.random.PRNGKey(1))
+    policy = {**base, models.ADAPTERS: lora.init_adapters(cfg, jax.random.PRNGKey(2))}
+    state = learner.networks.init_state(learner.optimizer, jax.random.PRNGKey(0), policy)
+    assert set(state.params) == {"policy"} and set(state.frozen) == {"base"}
+    # Gradients and optimiser state exist for the adapters only.
+    mu = state.opt_state[0].mu
+    assert jax.tree.structure(mu) == jax.tree.structure({"policy": policy[models.ADAPTERS]})
+    nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
+    assert nbytes(state.opt_state[0].mu) == nbytes(state.opt_state[0].nu) == nbytes(policy[models.ADAPTERS])
+    before = jax.tree.map(np.array, state)
+    after, metrics = _learn(learner, state, _rollout())
+    assert float(metrics["kl"]) == 0.0  # at step 0 the adapted policy is the reference, exactly
+    jax.tree.map(np.testing.assert_array_equal, after.frozen, before.frozen)  # the base never moves
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), after.params, before.params))
+    assert any(moved)
+    np.testing.assert_array_equal(before.params["policy"]["layers_0"]["attn"]["q"]["b"], 0.0)
