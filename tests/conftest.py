@@ -1,12 +1,20 @@
-"""Test-suite settings: float32 matmuls at full precision, the persistent compile cache, and the
-`sandbox` marker for tests that run programs in the bubblewrap sandbox."""
+"""Test-suite settings: the CPU backend, float32 matmuls at full precision, the persistent compile
+cache, and the `sandbox` marker for tests that run programs in the bubblewrap sandbox."""
 
 import functools
 import os
 import time
 
-import jax
-import pytest
+# The suite runs on the CPU. With libtpu installed (the test extra's `jax[tpu]`, for tests/aot/)
+# JAX would first try to start a TPU backend, which on a host without TPUs only costs time and
+# takes libtpu's lock; so JAX is told its platform before it starts any backend (set in the
+# environment, subprocesses that tests start inherit it). An explicit JAX_PLATFORMS wins.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_platforms", os.environ["JAX_PLATFORMS"])  # also if a plugin imported jax first
 
 # Compiled programs are cached on disk across runs: the second run of the suite skips most
 # XLA compilation, which dominates the runtime of small-shape tests on a CPU.

@@ -51,7 +51,9 @@ def test_make_mesh_errors(kwargs, message):
     (("embed", "q_heads", "head_dim"), (64, 8, 16), P("fsdp", "tensor", None)),
     (("embed", "kv_heads", "head_dim"), (64, 2, 16), P("fsdp", None, None)),  # 2 kv heads, tensor=4
     (("embed", "q_heads", "head_dim"), (576, 9, 64), P("fsdp", None, None)),  # SmolLM2's 9 heads
-    (("vocab", "embed"), (49152, 576), P("tensor", "fsdp")),
+    (("vocab", "embed"), (49152, 576), P(("tensor", "fsdp"), None)),  # the vocabulary over both
+    (("embed", "vocab"), (576, 49152), P(None, ("tensor", "fsdp"))),  # the untied head's kernel
+    (("vocab", "embed"), (49156, 576), P("tensor", None)),  # 49156 rows: fsdp would not divide them
     (("layers", "embed", "mlp"), (3, 64, 128), P(None, "fsdp", "tensor")),
     (CACHE_AXES["k"], (2, 8, 32, 2, 16), P(None, ("data", "fsdp"), None, None, None)),
     ((), (), P()),
@@ -89,6 +91,24 @@ def test_full_size_presets_shard_evenly_and_widely(preset):
     pairs = list(zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings), strict=True))
     per_device = sum(np.prod(s.shard_shape(leaf.shape)) for leaf, s in pairs)
     assert per_device <= models.count_params(shapes) / 8
+
+
+def test_the_generation_layout_is_the_training_layout_without_fsdp(key):
+    """`generation_shardings` (read off the leaves' own shardings) gives what GENERATION_RULES
+    give the model: tensor parallelism kept, nothing split over fsdp; matrices in the compute
+    dtype, norm scales in the parameters' dtype."""
+    cfg = models.get_config("tiny", tie_embeddings=False, qkv_bias=True, dtype="bfloat16", scan_layers=True)
+    mesh = _abstract_mesh(2, 2, 2)
+    shapes = jax.eval_shape(lambda k: models.init(cfg, k), key)
+    training = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes,
+                            sharding.param_shardings(cfg, mesh))
+    generation = sharding.generation_shardings(training, mesh)
+    assert generation == sharding.param_shardings(cfg, mesh, sharding.GENERATION_RULES)
+    assert generation["lm_head"]["kernel"].spec == P(None, "tensor")
+    assert all("fsdp" not in str(s.spec) for s in jax.tree.leaves(generation))
+    dtypes = sharding.generation_dtypes(cfg, shapes)
+    assert dtypes["layers"]["mlp"]["up"]["kernel"] == jnp.bfloat16 == dtypes["layers"]["attn"]["q"]["bias"]
+    assert dtypes["final_norm"]["scale"] == jnp.float32
 
 
 def test_shard_params_on_one_device_is_a_numerical_no_op(key):

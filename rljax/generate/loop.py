@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rljax.generate.sampling import Sampling, sample
-from rljax.models.api import default_positions
+from rljax.models.api import default_positions, variables
 from rljax.models.cache import CACHE_AXES, Cache, init_cache
 from rljax.models.config import ModelConfig
 from rljax.models.transformer import Transformer
@@ -82,12 +82,40 @@ def generate(cfg: ModelConfig, params: dict, prompt_tokens: jax.Array, prompt_ma
     Under `rljax.sharding.use_mesh(mesh)`, with sharded params and batch-sharded prompts, the
     cache follows the rules of `CACHE_AXES` (batch over data/fsdp, kv heads over tensor).
     """
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    tokens, mask, static = _arguments(cfg, prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p,
+                                      eos_ids, num_samples, min_p, pad_id)
+    return _generate(params, tokens, mask, key, **static)
+
+
+def lower(cfg: ModelConfig, params: dict, prompt_tokens, prompt_mask, key, max_new_tokens: int,
+          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, eos_ids: Iterable[int] = (),
+          num_samples: int = 1, *, min_p: float = 0.0, pad_id: int = 0) -> jax.stages.Lowered:
+    """`generate` lowered ahead of time, for the same arguments: `params`, the prompts and `key`
+    may be `jax.ShapeDtypeStruct`s (with the shardings to compile for; e.g. from `jax.eval_shape`
+    and `rljax.sharding.param_shardings` on a mesh of `jax.experimental.topologies` devices), so
+    nothing is allocated or run. Call it under `rljax.sharding.use_mesh(mesh)`, as `generate`.
+    The arguments are checked as `generate` checks them, except the prompt mask's values (left
+    padding), which abstract prompts do not have."""
+    tokens, mask, static = _arguments(cfg, prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p,
+                                      eos_ids, num_samples, min_p, pad_id)
+    return _generate.lower(params, tokens, mask, key, **static)
+
+
+def _arguments(cfg, prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_ids, num_samples,
+               min_p, pad_id):
+    """(tokens, mask, the static arguments of `_generate`) of `generate`'s arguments, checked."""
     eos_ids = tuple(eos_ids)
     _validate(cfg, prompt_tokens, prompt_mask, max_new_tokens, eos_ids, num_samples, pad_id)
-    return _generate(params, jnp.asarray(prompt_tokens, jnp.int32), jnp.asarray(prompt_mask, bool),
-                     key, cfg=cfg, max_new_tokens=max_new_tokens, sampling=sampling,
-                     eos_ids=eos_ids, num_samples=num_samples, pad_id=pad_id)
+    static = dict(cfg=cfg, max_new_tokens=max_new_tokens, eos_ids=eos_ids, num_samples=num_samples, pad_id=pad_id,
+                  sampling=Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p))
+    return _as_input(prompt_tokens, jnp.int32), _as_input(prompt_mask, bool), static
+
+
+def _as_input(x, dtype):
+    """x as a jit argument of `dtype`: an array, or, for an abstract value, its shape and sharding."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return jnp.asarray(x, dtype)
 
 
 def _is_count(x, minimum: int) -> bool:
@@ -122,7 +150,9 @@ def _validate(cfg, prompt_tokens, prompt_mask, max_new_tokens, eos_ids, num_samp
         raise ValueError(f"eos_ids must be token ids in [0, {cfg.vocab_size}), got {bad}")
     if not _is_count(pad_id, 0):
         raise ValueError(f"pad_id must be an integer >= 0, got {pad_id!r}")
-    if not isinstance(prompt_mask, jax.core.Tracer):  # a host copy, also of a multi-process array
+    # The values are read on the host (a copy, also of a multi-process array), so only those of a
+    # concrete mask: a traced or abstract one (`lower`) has none to read.
+    if not isinstance(prompt_mask, (jax.core.Tracer, jax.ShapeDtypeStruct)):
         last_column = np.asarray(to_host(prompt_mask))[:, -1]
         if not last_column.all():
             raise ValueError(
@@ -174,7 +204,7 @@ def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_
     # never fed back, so N - 1 slots for generated tokens suffice.
     cache = _constrain_cache(init_cache(cfg, batch, prompt_len + n_new - 1))
     positions = default_positions(prompt_mask)
-    outputs, cache = model.apply({"params": params}, prompt_tokens, positions, prompt_mask, cache,
+    outputs, cache = model.apply(variables(params), prompt_tokens, positions, prompt_mask, cache,
                                  last_only=True)
     logits = jnp.repeat(outputs["logits"][:, 0], num_samples, axis=0)  # [R, V]
     cache = _constrain_cache(_repeat_rows(cache, num_samples))
@@ -215,7 +245,7 @@ def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_
         return (s.out.num_steps < n_new) & ~jnp.all(s.done)
 
     def body(s: _Loop) -> _Loop:
-        outputs, cache = model.apply({"params": params}, s.token[:, None], s.position[:, None],
+        outputs, cache = model.apply(variables(params), s.token[:, None], s.position[:, None],
                                      jnp.ones((rows, 1), bool), s.cache)
         token, out, done = record(s.out, outputs["logits"][:, 0], s.done)
         return _Loop(token, s.position + 1, done, cache, out)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -59,6 +60,25 @@ def head_logits(cfg: ModelConfig, weight: jax.Array, hidden: jax.Array) -> jax.A
     return z.reshape(*lead, z.shape[-1])
 
 
+def _onehot(targets, V: int) -> jax.Array:
+    """[R] ids -> [R, V] bool, True at each row's id."""
+    return jnp.arange(V, dtype=targets.dtype)[None, :] == targets[:, None]
+
+
+# Under `rljax.sharding.use_mesh`, the head is vocabulary-parallel (a no-op outside it): a block's
+# logits [R, V] are split along V like the weight (`rljax.sharding.RULES`: 'vocab'), the rows
+# over what is left of the batch axes, and the float32 accumulator of the weight's gradient
+# [V, D] is split along V too, so no device gathers the whole [V, D] weight or holds its whole
+# gradient; the per-row reductions over V (log-sum-exp, target logit, entropy) and the hidden
+# states' gradient are what cross the devices.
+def _constrain_logits(z: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(z, ("batch", "vocab"))
+
+
+def _constrain_vd(x: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x, ("vocab", "embed"))
+
+
 def _block(x, start, length):
     """x[:, start:start+length] of a [B, T, ...] array, flattened to rows [B*length, ...]."""
     x = jax.lax.dynamic_slice_in_dim(x, start, length, axis=1)
@@ -78,9 +98,11 @@ def _blocked_head_fwd(cfg, block, with_entropy, w, h, targets, block_ids, n_bloc
 
     def body(i, carry):
         start = block_ids[i] * block
-        z = head_logits(cfg, w, _block(h, start, block))
+        z = _constrain_logits(head_logits(cfg, w, _block(h, start, block)))
         z_lse = jax.nn.logsumexp(z, axis=-1)
-        z_tgt = jnp.take_along_axis(z, _block(targets, start, block)[:, None], axis=-1)[:, 0]
+        # The target's logit as a masked sum (exact: one term is not zero), which stays local to
+        # a vocabulary shard where a gather along V would collect the whole block of logits.
+        z_tgt = jnp.sum(jnp.where(_onehot(_block(targets, start, block), z.shape[-1]), z, 0.0), axis=-1)
         new = (z_tgt - z_lse, z_lse)
         if with_entropy:
             log_p = z - z_lse[:, None]
@@ -111,11 +133,10 @@ def _blocked_head_bwd(cfg, block, with_entropy, residuals, g):
         dh, dw = carry
         start = block_ids[i] * block
         hb, tb = _block(h, start, block), _block(targets, start, block)
-        z = head_logits(cfg, w, hb)
+        z = _constrain_logits(head_logits(cfg, w, hb))
         log_p = z - _block(lse, start, block)[:, None]
         p = jnp.exp(log_p)
-        onehot = jnp.arange(V, dtype=tb.dtype)[None, :] == tb[:, None]
-        dz = _block(g_logp, start, block)[:, None] * (onehot.astype(jnp.float32) - p)
+        dz = _block(g_logp, start, block)[:, None] * (_onehot(tb, V).astype(jnp.float32) - p)
         if with_entropy:
             dz = dz - _block(g_entropy, start, block)[:, None] * p * (log_p + _block(entropy, start, block)[:, None])
         if cfg.final_softcap is not None:  # z = c·tanh(raw / c): dz/draw = 1 - (z / c)²
@@ -128,11 +149,12 @@ def _blocked_head_bwd(cfg, block, with_entropy, residuals, g):
         # The weight's gradient is accumulated as [V, D] with the [R, V] block as the left operand:
         # on CPU, XLA copies the right operand of a dot contracted over its leading axis into a
         # transposed layout, and that copy should be of the [R, D] block, not the [R, V] one.
-        dw = dw + jnp.einsum("RV,RD->VD", dz, hb.astype(dt), preferred_element_type=jnp.float32)
+        dw = _constrain_vd(dw + jnp.einsum("RV,RD->VD", dz, hb.astype(dt), preferred_element_type=jnp.float32))
         dh = jax.lax.dynamic_update_slice_in_dim(dh, dhb.reshape(B, block, -1).astype(dh.dtype), start, axis=1)
         return dh, dw
 
-    dh, dw = jax.lax.fori_loop(0, n_blocks, body, (jnp.zeros_like(h), jnp.zeros((V, h.shape[-1]), jnp.float32)))
+    dw = _constrain_vd(jnp.zeros((V, h.shape[-1]), jnp.float32))
+    dh, dw = jax.lax.fori_loop(0, n_blocks, body, (jnp.zeros_like(h), dw))
     dw = (dw if cfg.tie_embeddings else dw.T).astype(w.dtype)
     return dw, dh, None, None, None
 

@@ -11,7 +11,8 @@ Three modules, one job each, all of their public names re-exported here:
   mesh    the mesh, the logical-axis rules (`RULES`) and the shardings they give for named
           dimensions (batches, odd sizes); imports nothing from rljax
   params  model-aware placement: the shardings of the parameters and the KV cache, parameters
-          placed (`shard_params`) or created sharded (`init_sharded`)
+          placed (`shard_params`) or created sharded (`init_sharded`), and their generation
+          layout (`to_generation_layout`: without the FSDP split, for decoding)
   hosts   several processes (one per host): `initialize_distributed`, `to_host`, `any_process`,
           `process_0_first`
 
@@ -27,6 +28,7 @@ Typical use:
 
 from rljax.sharding.hosts import any_process, initialize_distributed, process_0_first, to_host
 from rljax.sharding.mesh import (
+    GENERATION_RULES,
     MESH_AXES,
     RULES,
     MeshAxes,
@@ -39,4 +41,13 @@ from rljax.sharding.mesh import (
     resolve_mesh_axes,
     use_mesh,
 )
-from rljax.sharding.params import cache_shardings, init_sharded, param_shardings, shard_params
+from rljax.sharding.params import (
+    cache_shardings,
+    generation_dtypes,
+    generation_shardings,
+    init_sharded,
+    lower_to_generation_layout,
+    param_shardings,
+    shard_params,
+    to_generation_layout,
+)

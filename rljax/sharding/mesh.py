@@ -34,14 +34,19 @@ Rules = tuple[tuple[str, MeshAxes], ...]
 # mesh axes to the dimension with that logical name, unless those mesh axes are already used by
 # another dimension of the same array. Names without a rule are replicated.
 RULES: Rules = (
-    # Parameters: FSDP over the model dimension; tensor parallelism over heads, MLP, vocabulary.
+    # Parameters: tensor parallelism over heads, MLP and vocabulary; FSDP over the model dimension,
+    # except for the embedding and LM head [V, D], which FSDP splits along the vocabulary (first
+    # rule): split along D, every device would gather the whole matrix for the head and hold a
+    # float32 [V, D] gradient accumulator (`rljax.models.head`), whatever the device count.
+    ("vocab", ("tensor", "fsdp")),
     ("embed", "fsdp"),
-    ("vocab", "tensor"),
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
-    # Block-boundary activations and the KV cache: the batch over every data-parallel axis.
+    # Block-boundary activations and the KV cache: the batch over every data-parallel axis; where
+    # fsdp already splits the vocabulary (the fused head's logits [rows, V]), over 'data' alone.
     ("batch", ("data", "fsdp")),
+    ("batch", "data"),
     ("act_kv_heads", "tensor"),
     # Replicated. Listed so that the table names every logical axis the model uses.
     ("layers", None),
@@ -51,6 +56,14 @@ RULES: Rules = (
     ("act_embed", None),
     ("cache_length", None),
 )
+
+
+# The generation layout (`rljax.sharding.to_generation_layout`): the parameters without their FSDP
+# split, so that a decoding step reads only local weights, with no all-gather per token (under
+# FSDP every generated token would gather every weight again). Tensor parallelism stays; the
+# batch (activations, KV cache) is split as in `RULES`.
+GENERATION_RULES: Rules = (("vocab", "tensor"), ("embed", None)) + tuple(
+    rule for rule in RULES if rule[0] not in ("vocab", "embed"))
 
 
 def resolve_mesh_axes(data: int = 1, fsdp: int = 1, tensor: int = 1, n_devices: int | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from rljax import models
@@ -71,3 +72,59 @@ def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch_size: int, max_len: int,
     """`NamedSharding`s matching `models.init_cache(cfg, batch_size, max_len)` (CACHE_AXES)."""
     shapes = jax.eval_shape(lambda: init_cache(cfg, batch_size, max_len))
     return _tree_shardings(CACHE_AXES, shapes, mesh, rules)
+
+
+def generation_shardings(params, mesh: Mesh | AbstractMesh) -> dict:
+    """The generation layout of `params` (arrays or `jax.eval_shape` structures with
+    `NamedSharding`s on `mesh`): each leaf's sharding without its 'fsdp' split, which is what
+    `GENERATION_RULES` give the model's parameters (tensor parallelism kept, replicated over data
+    and fsdp). Read from the leaves' own shardings, so any parameter tree in the training layout
+    (a policy, its adapters) has one."""
+    def drop_fsdp(spec):
+        axes = (a,) if isinstance(a := spec, str) else tuple(spec or ())
+        kept = tuple(x for x in axes if x != "fsdp")
+        return kept[0] if len(kept) == 1 else (kept or None)
+
+    return jax.tree.map(lambda x: NamedSharding(mesh, PartitionSpec(*map(drop_fsdp, x.sharding.spec))), params)
+
+
+def generation_dtypes(cfg: ModelConfig, params) -> dict:
+    """The dtype of each leaf of `params` in the generation copy: the compute dtype where every
+    use casts the leaf to it first (matrix weights, the embedding, biases, adapters), so that the
+    copy is smaller and a decoding step reads fewer bytes with unchanged results; the parameter's
+    own dtype for the norm scales (`RMSNorm` computes in float32) and the value head's weights
+    (computed in float32)."""
+    def dtype(path, x):
+        names = [getattr(k, "key", None) for k in path]
+        keep = names[-1] == "scale" or "value_head" in names or not jnp.issubdtype(x.dtype, jnp.floating)
+        return x.dtype if keep else cfg.compute_dtype
+
+    return jax.tree_util.tree_map_with_path(dtype, params)
+
+
+def to_generation_layout(cfg: ModelConfig, params, mesh: Mesh):
+    """A copy of `params` (in the training layout on `mesh`) in the generation layout
+    (`generation_shardings`, `generation_dtypes`): one all-gather over 'fsdp' per rollout instead
+    of one per generated token. The cast runs before the gather, so only compute-dtype bytes cross
+    the interconnect. `params` stay valid (nothing is donated)."""
+    return _generation_copy(cfg, params, mesh)(params)
+
+
+def lower_to_generation_layout(cfg: ModelConfig, params, mesh: Mesh) -> jax.stages.Lowered:
+    """`to_generation_layout` lowered ahead of time for `params` given as `jax.ShapeDtypeStruct`s
+    with their training-layout shardings (nothing allocated): what the reshard costs."""
+    return _generation_copy(cfg, params, mesh).lower(params)
+
+
+def _generation_copy(cfg: ModelConfig, params, mesh: Mesh):
+    """The jitted copy of `to_generation_layout` for the layout of `params`."""
+    shardings = generation_shardings(params, mesh)
+    return _jitted_copy(cfg, jax.tree.structure(shardings), tuple(jax.tree.leaves(shardings)))
+
+
+@functools.cache
+def _jitted_copy(cfg: ModelConfig, treedef, out_shardings: tuple):
+    def copy(params):
+        return jax.tree.map(lambda x, d: x.astype(d), params, generation_dtypes(cfg, params))
+
+    return jax.jit(copy, out_shardings=jax.tree.unflatten(treedef, out_shardings))

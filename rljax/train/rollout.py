@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rljax import generate, sharding
+from rljax.generate import Generation
 from rljax.data.batching import pad_left
 from rljax.data.sampler import PromptSampler
 from rljax.losses import registry
@@ -61,6 +62,14 @@ def group_examples(examples: Sequence[Mapping[str, Any]], num_samples: int) -> l
     return [ex for ex in examples for _ in range(num_samples)]
 
 
+def generation_kwargs(sampling, temperature: float, num_samples: int, eos_ids, pad_id: int) -> dict:
+    """`generate`'s keyword arguments for a rollout of `sampling` (`SamplingConfig`) at
+    `temperature` (0: greedy, without truncation)."""
+    return dict(max_new_tokens=sampling.max_new_tokens, temperature=temperature,
+                top_k=sampling.top_k if temperature else 0, top_p=sampling.top_p if temperature else 1.0,
+                eos_ids=tuple(eos_ids), num_samples=num_samples, pad_id=pad_id)
+
+
 class Collector:
     """Samples and scores the rollouts of an RL run (steps 1-4 of the module docstring).
 
@@ -93,14 +102,16 @@ class Collector:
         return pad_left(ids, pad_id=self.tokenizer.pad_id, length=self.prompt_len)
 
     def sample(self, params, prompts: Sequence[str], key, num_samples: int, temperature: float):
-        """(prompt tokens [P, L], prompt mask, `Generation` of P·num_samples rows)."""
-        s = self.rl.sampling
+        """(prompt tokens [P, L], prompt mask, `Generation` of P·num_samples rows). On a mesh the
+        params are first copied into the generation layout (`sharding.to_generation_layout`:
+        one all-gather per call instead of one per generated token)."""
         tokens, mask = (place_rows(x, self.mesh) for x in self.encode_prompts(prompts))
-        with on_mesh(self.mesh):
-            gen = generate.generate(self.cfg, params, tokens, mask, key, max_new_tokens=s.max_new_tokens,
-                                    temperature=temperature, top_k=s.top_k if temperature else 0,
-                                    top_p=s.top_p if temperature else 1.0, eos_ids=self.tokenizer.eos_ids,
-                                    num_samples=num_samples, pad_id=self.tokenizer.pad_id)
+        if self.mesh.size > 1:
+            params = sharding.to_generation_layout(self.cfg, params, self.mesh)
+        with on_mesh(self.mesh, sharding.GENERATION_RULES):
+            gen = generate.generate(self.cfg, params, tokens, mask, key,
+                                    **generation_kwargs(self.rl.sampling, temperature, num_samples,
+                                                        self.tokenizer.eos_ids, self.tokenizer.pad_id))
         return tokens, mask, gen
 
     def score(self, tokens: np.ndarray, mask: np.ndarray, examples, num_samples: int):
@@ -129,23 +140,21 @@ class Collector:
         rounds = rl.max_sampling_rounds if rl.dynamic_sampling else 1
         for r in range(rounds):
             examples = sampler.next_batch(P)
-            prompt_tokens, prompt_mask, gen = self.sample(params, [prompt_fn(e) for e in examples],
-                                                          jax.random.fold_in(key, r), G, rl.sampling.temperature)
+            prompts = self.sample(params, [prompt_fn(e) for e in examples], jax.random.fold_in(key, r), G,
+                                  rl.sampling.temperature)
             # One host transfer of the rollout (on several processes, gathered whole on each).
-            prompt_tokens, prompt_mask, gen_tokens, gen_mask, gen_logp = to_host(
-                (prompt_tokens, prompt_mask, gen.tokens, gen.mask, gen.logprobs))
-            rewards, round_metrics, completions = self.score(gen_tokens, gen_mask, examples, G)
-            rows = {"tokens": np.concatenate([np.repeat(prompt_tokens, G, 0), gen_tokens], 1),
-                    "attention_mask": np.concatenate([np.repeat(prompt_mask, G, 0), gen_mask], 1),
-                    "sampler_logp": np.concatenate([np.zeros((P * G, self.prompt_len), np.float32), gen_logp], 1),
-                    "completion_mask": gen_mask}
+            prompt_tokens, prompt_mask, gen = to_host(prompts)
+            rewards, round_metrics, completions = self.score(gen.tokens, gen.mask, examples, G)
             if self.reward_model is not None:
-                rewards, learned_metrics = self._learned_rewards(rows["tokens"], rows["attention_mask"], rewards)
+                rows = TrajectoryBatch.from_generation(prompt_tokens, prompt_mask, gen, rewards, G)
+                rewards, learned_metrics = self._learned_rewards(rows.tokens, rows.attention_mask, rewards)
                 round_metrics = {**round_metrics, **learned_metrics}
             informative = informative_groups(rewards.reshape(P, G))
             for i in range(P):
-                group = {k: v[i * G:(i + 1) * G] for k, v in rows.items()}
-                group["rewards"], group["example"] = rewards[i * G:(i + 1) * G], examples[i]
+                rows_i = slice(i * G, (i + 1) * G)
+                group = {"prompt_tokens": prompt_tokens[i], "prompt_mask": prompt_mask[i], "tokens": gen.tokens[rows_i],
+                         "mask": gen.mask[rows_i], "logprobs": gen.logprobs[rows_i], "rewards": rewards[rows_i],
+                         "example": examples[i]}
                 (kept if informative[i] or not rl.dynamic_sampling else spare).append(group)
             if r == 0:
                 metrics = {**round_metrics, "sample_completion": completions[0]}
@@ -153,18 +162,19 @@ class Collector:
                 break
         metrics["sampling_rounds"] = r + 1
         groups = (kept + spare)[:P]  # a static batch shape: fill up with tied groups (zero advantage)
-        joined = {k: np.concatenate([g[k] for g in groups]) for k in (*rows, "rewards")}
+        stack = lambda key, join=np.concatenate: join([g[key] for g in groups])  # noqa: E731
+        rewards = stack("rewards")
         # Measured with or without dynamic sampling: tied groups give no group-relative signal.
-        metrics["informative_group_frac"] = float(informative_groups(joined["rewards"].reshape(P, G)).mean())
+        metrics["informative_group_frac"] = float(informative_groups(rewards.reshape(P, G)).mean())
         baseline = None
         if registry.advantage(rl.advantage).needs_baseline:  # ReMax: each prompt's greedy reward
             examples = [g["example"] for g in groups]
-            _, _, greedy = self.sample(params, [prompt_fn(e) for e in examples], key, 1, 0.0)
-            baseline = np.repeat(self.score(*to_host((greedy.tokens, greedy.mask)), examples, 1)[0], G)
-        loss_mask = np.concatenate([np.zeros((P * G, self.prompt_len), bool), joined["completion_mask"]], 1)
-        batch = TrajectoryBatch.from_rows(joined["tokens"], joined["attention_mask"], loss_mask,
-                                          joined["sampler_logp"], joined["rewards"], G, policy_version,
-                                          baseline=baseline)
+            _, _, greedy = to_host(self.sample(params, [prompt_fn(e) for e in examples], key, 1, 0.0))
+            baseline = np.repeat(self.score(greedy.tokens, greedy.mask, examples, 1)[0], G)
+        joined = Generation(tokens=stack("tokens"), mask=stack("mask"), logprobs=stack("logprobs"),
+                            sampling_logprobs=None, num_steps=None)
+        batch = TrajectoryBatch.from_generation(stack("prompt_tokens", np.stack), stack("prompt_mask", np.stack), joined,
+                                                rewards, G, policy_version, baseline=baseline)
         return batch, metrics
 
 

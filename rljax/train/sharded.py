@@ -27,6 +27,10 @@ Notebook use (an RL learner; any pure step works alike):
     state = sharded.place_state(state)
     state, metrics = sharded(state, sharded.place_batch(batch), key)
 
+Ahead of time: `MeshStep.lower(state, batch, key)` (and `ShardedStep.lower`) lower the step from
+`jax.eval_shape` structures, on a mesh of any devices, including the compile-only devices of a
+TPU topology (`experiments/aot_compile.py`, the HBM preflight of `rljax.train.preflight`).
+
 The stages of `rljax.train.experiment` call a `MeshStep`: the plain
 jitted step on one device, this sharded one on more, behind one signature; `place_rows` and
 `on_mesh` place their host batches and trace their model functions on the same mesh.
@@ -142,6 +146,14 @@ class ShardedStep:
         with sharding.use_mesh(self.mesh, self.rules):
             return self.jitted(state, batch, key)
 
+    def lower(self, state: TrainState, batch: Batch, key: jax.Array) -> jax.stages.Lowered:
+        """The step lowered for these shapes, ahead of time: `state`, `batch` and `key` may be
+        `jax.eval_shape` structures (nothing is allocated or run), and the mesh may be of devices
+        this process cannot run on (`jax.experimental.topologies`); `.compile()` then gives the
+        executable, its `memory_analysis()` and its HLO."""
+        with sharding.use_mesh(self.mesh, self.rules):
+            return self.jitted.lower(state, batch, key)
+
     def place_state(self, state: TrainState) -> TrainState:
         return place(state, self.state_shardings)
 
@@ -192,10 +204,24 @@ class MeshStep:
     def __call__(self, state: TrainState, batch: Batch, key: jax.Array) -> tuple[TrainState, dict]:
         if self._plain is not None:
             return self._plain(state, batch, key)
+        return self._compiled_for(state, batch)(state, self._sharded.place_batch(batch), key)
+
+    def lower(self, state: TrainState, batch: Batch, key: jax.Array) -> jax.stages.Lowered:
+        """The step lowered ahead of time for the shapes of `state`, `batch` and `key` (arrays or
+        `jax.eval_shape` structures; see `ShardedStep.lower`), as `__call__` would compile it: on
+        a one-device mesh the plain jit, on more the sharded step (which `__call__` then reuses,
+        so its shardings are those of these shapes)."""
+        if self._plain is not None:
+            return self._plain.lower(state, batch, key)
+        return self._compiled_for(state, batch).lower(state, batch, key)
+
+    def _compiled_for(self, state: TrainState, batch: Batch) -> ShardedStep:
+        """The sharded step, built from the shapes of the first state and batch it is given."""
         if self._sharded is None:
-            self._sharded = shard_train_step(self.step, self.mesh, jax.eval_shape(lambda: state), batch,
-                                             self.param_axes, self.rules, self.frozen_axes)
-        return self._sharded(state, self._sharded.place_batch(batch), key)
+            shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state)
+            self._sharded = shard_train_step(self.step, self.mesh, shapes, batch, self.param_axes, self.rules,
+                                             self.frozen_axes)
+        return self._sharded
 
 
 def place_rows(x: Any, mesh: Mesh, rules: Rules = RULES) -> jax.Array:

@@ -77,3 +77,18 @@ class TrajectoryBatch:
                    group_ids=np.repeat(np.arange(B // group_size, dtype=np.int32), group_size),
                    policy_version=np.full(B, policy_version, np.int32))
 
+    @classmethod
+    def from_generation(cls, prompt_tokens, prompt_mask, gen, rewards, group_size: int, policy_version: int = 0,
+                        baseline=None) -> "TrajectoryBatch":
+        """The batch of a single-turn rollout: prompts [P, L] (left-padded, mask [P, L]), each
+        repeated for its G samples, followed by `generate`'s completions `gen` (P·G rows), with
+        `rewards` [P·G]. The loss mask is the completion's mask (`gen.mask`)."""
+        prompt_tokens, prompt_mask = np.asarray(prompt_tokens), np.asarray(prompt_mask, bool)
+        tokens, mask, logprobs = (np.asarray(x) for x in (gen.tokens, gen.mask, gen.logprobs))
+        repeat = lambda x: np.repeat(x, group_size, axis=0)  # noqa: E731
+        no_loss = np.zeros(repeat(prompt_mask).shape, bool)
+        return cls.from_rows(np.concatenate([repeat(prompt_tokens), tokens], 1),
+                             np.concatenate([repeat(prompt_mask), mask], 1), np.concatenate([no_loss, mask], 1),
+                             np.concatenate([no_loss.astype(np.float32), logprobs], 1), rewards, group_size,
+                             policy_version, baseline=baseline)
+

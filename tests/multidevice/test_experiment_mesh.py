@@ -83,7 +83,7 @@ def test_sharded_run_keeps_its_state_sharded(runs):
     assert len(q.sharding.device_set) == 8
     assert q.sharding.spec == P("fsdp", "tensor", None)
     assert q.addressable_shards[0].data.shape == (16, 1, 16)
-    assert state.params["policy"]["embed"]["embedding"].sharding.spec == P("tensor", "fsdp")
+    assert state.params["policy"]["embed"]["embedding"].sharding.spec == P(("tensor", "fsdp"), None)
     mu = state.opt_state[1][0].mu["policy"]["layers_0"]["attn"]["q"]["kernel"]
     assert mu.sharding.is_equivalent_to(q.sharding, q.ndim)
 
