@@ -64,16 +64,16 @@ def check_nan_steps() -> dict:
     from rljax.train.learner import Learner
     from rljax.train.networks import Networks
     from rljax.train.optim import make_optimizer
-    from rljax.train.state import TrainState
     from rljax.train.trajectories import TrajectoryBatch
 
     cfg = models.get_config("tiny", d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64,
                             vocab_size=64)
     optimizer = make_optimizer(1e-3, total_steps=10)
     B, T, P, G = 8, 12, 4, 4
-    learner = Learner(Networks(cfg), RLConfig(prompts_per_step=B // G, group_size=G), optimizer)
+    networks = Networks(cfg)
+    learner = Learner(networks, RLConfig(prompts_per_step=B // G, group_size=G), optimizer)
     learn = jax.jit(learner.learn)
-    state = TrainState.create({"policy": models.init(cfg, jax.random.PRNGKey(0))}, optimizer, jax.random.PRNGKey(1))
+    state = networks.init_state(optimizer, jax.random.PRNGKey(1), models.init(cfg, jax.random.PRNGKey(0)))
     rng = np.random.default_rng(0)
     poisoned_at = {1, 2, 4}
     skipped_unchanged = 0

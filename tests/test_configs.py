@@ -9,6 +9,7 @@ import os
 import pytest
 
 from rljax.train import experiment
+from rljax.train.workdir import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Experiment configs (run by experiments/train.py); base.py holds their shared defaults and
@@ -17,7 +18,10 @@ CONFIGS = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "base.py", "estimator_study.py"))
 ALL_CONFIGS = CONFIGS + [os.path.join(ROOT, "configs", "base.py")]
 # Configs that run a real pretrained model rather than a from-scratch one.
-REAL_MODEL = {"grpo_gsm8k_smollm2.py"}
+REAL_MODEL = {"grpo_gsm8k_smollm2.py", "grpo_smollm2_arithmetic.py"}
+# Pod configs: 1B-8B checkpoints that are not on this machine, compiled rather than run here
+# (experiments/aot_compile.py; tests/aot compiles the same programs at tiny size).
+POD = {"grpo_gsm8k_llama1b_pod.py", "grpo_gsm8k_llama8b_pod.py"}
 # Configs whose rewards execute programs in the bubblewrap sandbox.
 NEEDS_SANDBOX = {"grpo_code.py"}
 
@@ -36,7 +40,8 @@ def shrink(config, real_model: bool):
     """One SFT step (when the config has SFT) and one RL iteration on the smallest shapes."""
     if real_model:
         config.model.overrides = {"scan_layers": True}  # one compiled block for 30 layers
-        config.data.update(max_prompt_tokens=192, max_answer_tokens=4)
+        config.data.update(max_prompt_tokens=min(config.data.max_prompt_tokens, 192), max_answer_tokens=4)
+        config.task.validation_size = 2
     else:
         config.model.overrides.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16,
                                       mlp_dim=64)
@@ -64,7 +69,7 @@ def test_configs_are_found():
 
 @pytest.mark.parametrize(
     "path", [pytest.param(p, marks=pytest.mark.sandbox if os.path.basename(p) in NEEDS_SANDBOX else ())
-             for p in CONFIGS if os.path.basename(p) not in REAL_MODEL],
+             for p in CONFIGS if os.path.basename(p) not in REAL_MODEL | POD],
     ids=lambda p: os.path.basename(p)[:-3])
 def test_config_runs_one_step(path, tmp_path):
     config = shrink(load_config(path), real_model=False)
@@ -80,10 +85,23 @@ def test_config_runs_one_step(path, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in CONFIGS if os.path.basename(p) in REAL_MODEL],
                          ids=lambda p: os.path.basename(p)[:-3])
-def test_real_model_config_runs_one_step(path, tmp_path):
-    results = experiment.run(shrink(load_config(path), real_model=True), str(tmp_path))
-    assert results["model_params"] == 134_515_008
+def test_real_model_config_runs_a_step(path, tmp_path):
+    config = shrink(load_config(path), real_model=True)
+    config.rl.steps = 2 if config.model.lora.rank else 1  # LoRA: the second step reads the adapters' update
+    results = experiment.run(config, str(tmp_path))
+    assert results["model_params"] >= 134_515_008  # the base, and any adapters
     assert os.path.exists(tmp_path / "checkpoints" / "rl")
+    if config.export:  # a Hugging Face directory, the adapter beside it
+        assert {"config.json", "model.safetensors", "tokenizer.json", "adapter"} <= set(os.listdir(tmp_path / "export"))
+
+
+@pytest.mark.parametrize("name", sorted(POD))
+def test_pod_configs_are_valid_and_name_their_missing_checkpoint(name, tmp_path):
+    config = experiment.experiment_config(load_config(os.path.join(ROOT, "configs", name)), n_devices=8)
+    assert config.model.preset and config.model.overrides["remat"] and config.mesh.fsdp == -1
+    with pytest.raises(InputError, match=f"model.path={config.model.path}: no such GGUF file"):
+        experiment.run(config, str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before the workdir is touched
 
 
 def test_a_finished_run_resumes_without_repeating_work(tmp_path):

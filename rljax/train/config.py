@@ -301,7 +301,9 @@ class TaskConfig(Section):
     name: str = field("arithmetic")
     knobs: dict = field(dict(num_operands=2, digits=2, operators="+-", train_size=12_000, test_size=500))
     data_dir: str | None = field(None)  # default: $RLJAX_DATA_DIR or ~/.cache/rljax/tfds
-    prompt: str = field("plain", one_of("plain", "chat"))  # plain (from-scratch models) or chat template
+    # "plain" (from-scratch models), "chat" (the question and the answer format's instruction
+    # through the chat template) or "chat_question" (the question alone as the user's message).
+    prompt: str = field("plain", one_of("plain", "chat", "chat_question"))
     answer_format: str = field("plain", one_of("plain", "hash", "boxed", "answer_tag", "code_block"))
     validation_size: int = field(200, NONNEGATIVE)
 
@@ -331,6 +333,28 @@ class TokenizerConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraSection(Section):
+    """LoRA adapters on the policy (`rljax.models.lora`): rank 0 trains the whole model; rank
+    r > 0 trains adapters of rank r and scale alpha/r on the `targets` projections only, the
+    base frozen (and the KL's reference). `base_dtype` stores the frozen base in that dtype."""
+
+    rank: int = field(0, NONNEGATIVE)
+    alpha: float = field(16.0, positive)
+    targets: tuple = field(("q", "k", "v", "o", "gate", "up", "down"))
+    base_dtype: str | None = field(None, one_of("float32", "bfloat16"))
+
+    def problems(self, key: str) -> list[str]:
+        from rljax.models.config import LORA_TARGETS
+
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        problems = [f"{key}.targets: {', '.join(map(repr, unknown))} not projections of the model; choose from "
+                    f"{', '.join(LORA_TARGETS)}"] if unknown else []
+        if self.rank and not self.targets:
+            problems.append(f"{key}.targets is empty: name the projections the adapters sit on")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSection(Section):
     """The policy: a preset from scratch, or a pretrained GGUF / Hugging Face checkpoint;
     `overrides` are ModelConfig fields."""
@@ -340,6 +364,7 @@ class ModelSection(Section):
     path: str = field("")
     overrides: dict = field(dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
                                  max_seq_len=64))
+    lora: LoraSection = field(LoraSection())
 
     def problems(self, key: str) -> list[str]:
         from rljax.models.config import PRESETS, ModelConfig
@@ -419,10 +444,13 @@ class ExperimentConfig(Section):
     faults: FaultsConfig = field(FaultsConfig())
     log: LogConfig = field(LogConfig())
     mesh: MeshConfig = field(MeshConfig())
+    # Write <workdir>/export/ at the end: a Hugging Face model directory (`rljax.train.export`).
+    export: bool = field(False)
     preference: PreferenceConfig | None = field(None)  # only the configs with preference stages
 
     def problems(self, key: str = "") -> list[str]:
-        """The checks across sections (each section has checked itself)."""
+        """The checks across sections (each section has checked itself); the mesh is checked
+        against the devices by `experiment_config` (`mesh_problems`)."""
         problems = []
         context = self.model.overrides.get("max_seq_len")
         prompt = self.data.max_prompt_tokens
@@ -440,18 +468,27 @@ class ExperimentConfig(Section):
                 reward_model is not None and reward_model.init_critic):
             problems.append(f"rl.advantage={self.rl.advantage!r} needs a critic: set model.overrides.value_head=True "
                             "(a value head on the policy's trunk) or preference.reward_model.init_critic=True")
-        return problems + _mesh_problems(self)
+        if self.export and self.tokenizer.kind != "gguf":
+            problems.append("export=True writes a Hugging Face tokenizer, which needs tokenizer.kind='gguf' (a "
+                            "pretrained model's own)")
+        if self.model.lora.rank and (self.sft.steps or (self.preference is not None and (
+                self.preference.policy.steps or self.preference.reward_model.steps))):
+            problems.append("model.lora.rank > 0 adapts the RL stage only: set sft.steps=0 and no preference stages, "
+                            "or model.lora.rank=0")
+        return problems
 
 
-def _mesh_problems(config: ExperimentConfig) -> list[str]:
-    """The mesh must use every device, and every batch a step or the evaluation splits over the
-    data-parallel devices must divide evenly (else part of it is replicated)."""
+def mesh_problems(config: ExperimentConfig, n_devices: int | None = None) -> list[str]:
+    """The mesh must use every device (`n_devices`, default every device of every process; an
+    ahead-of-time compile passes its topology's), and every batch a step or the evaluation splits
+    over the data-parallel devices must divide evenly (else part of it is replicated)."""
     from rljax import sharding
 
     mesh = config.mesh
     if mesh.one_device:  # this process's first device alone, whatever the device count
         return []
-    sizes, problems = sharding.resolve_mesh_axes(mesh.data, mesh.fsdp, mesh.tensor, names="mesh.")
+    sizes, problems = sharding.resolve_mesh_axes(mesh.data, mesh.fsdp, mesh.tensor, n_devices=n_devices,
+                                                 names="mesh.")
     if sizes is None:
         return problems
     data_parallel = sizes["data"] * sizes["fsdp"]
@@ -537,6 +574,8 @@ def _type_ok(value, allowed) -> bool:
             return True
         if t in (str, dict) and isinstance(value, Mapping if t is dict else str):
             return True
+        if t is tuple and isinstance(value, (list, tuple)):
+            return True
     return False
 
 
@@ -578,6 +617,8 @@ def parse_section(cls, values: Mapping, key: str, problems: list[str]):
             value = float(value)
         if isinstance(value, Mapping):
             value = dict(value)
+        if isinstance(value, list):
+            value = tuple(value)
         check = f.metadata.get("check")
         if check is not None and value is not None and (problem := check(value)) is not None:
             problems.append(f"{path}={value!r}: {problem}")
@@ -594,12 +635,13 @@ def _plain(config) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else dict(config)
 
 
-def experiment_config(config) -> ExperimentConfig:
-    """The typed config of a ConfigDict or dict; raises `ConfigError` with every problem."""
+def experiment_config(config, n_devices: int | None = None) -> ExperimentConfig:
+    """The typed config of a ConfigDict or dict; raises `ConfigError` with every problem. The mesh
+    must use `n_devices` (default: every device of every process; `mesh_problems`)."""
     problems: list[str] = []
     parsed = parse_section(ExperimentConfig, _plain(config), "", problems)
-    if parsed is not None and not problems:
-        problems += parsed.problems()
+    if parsed is not None:
+        problems += mesh_problems(parsed, n_devices)
     if problems:
         raise ConfigError(problems)
     return parsed
@@ -615,3 +657,66 @@ def as_config_dict(section):
     import ml_collections
 
     return ml_collections.ConfigDict(as_dict(section))
+
+
+# -- config files and command-line overrides ------------------------------------------------------
+def load_config_file(path: str) -> dict:
+    """`get_config()` of the Python config file at `path`, as nested plain dicts. Configs import
+    each other as `configs.X`, so the directory above the file's is put on sys.path."""
+    import importlib.util
+    import os
+    import sys
+
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError([f"--config={path}: no such config file"])
+    root = os.path.dirname(os.path.dirname(path))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return _plain(module.get_config())
+
+
+def parse_value(text: str):
+    """A command-line value: a Python literal (10, 1e-3, True, None, "a", (1, 2)), else the text
+    itself; `true`/`false` are booleans too."""
+    import ast
+
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: dict, overrides) -> dict:
+    """`config` (nested dicts) with `key.path=value` overrides applied, creating keys that are not
+    there: whether a key exists, and whether its value is right, is `experiment_config`'s to say,
+    one line per problem, so an override never fails here with a traceback."""
+    config = json_copy(config)
+    for override in overrides:
+        path, sep, text = override.partition("=")
+        if not sep or not path:
+            raise ConfigError([f"{override!r}: an override is --config.<key>=<value>"])
+        *sections, key = path.split(".")
+        target = config
+        for i, name in enumerate(sections):
+            child = target.setdefault(name, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"{'.'.join(sections[:i + 1])}={child!r} is a value, not a section: "
+                                   f"{path} cannot be set"])
+            target = child
+        target[key] = parse_value(text)
+    return config
+
+
+def json_copy(tree):
+    """A deep copy of nested dicts, lists and tuples of plain values."""
+    if isinstance(tree, Mapping):
+        return {k: json_copy(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(json_copy(v) for v in tree)
+    return tree

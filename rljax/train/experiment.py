@@ -22,25 +22,30 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from rljax import models, sharding
+from rljax.models import lora
 from rljax.data import tokenizers
 from rljax.data.batching import pad_sft
 from rljax.data.corpus import tokenizer_corpus
 from rljax.data.preference import load_preferences, unpaired
-from rljax.data.prompts import chat_messages, plain_prompt, plain_target
+from rljax.data.prompts import plain_prompt, plain_target, task_messages
 from rljax.data.sampler import PromptSampler
-from rljax.data.tasks import hold_out, load_task
+from rljax.data.tasks import TASKS, hold_out, load_task
 from rljax.rewards import task_rewards
 from rljax.train import preference as preference_lib
+from rljax.train import preflight
 from rljax.train import reward_model as reward_model_lib
 from rljax.train.config import ExperimentConfig, as_dict, experiment_config
+from rljax.train.export import export_policy
 from rljax.train.faults import NonFiniteGuard, Preemption
 from rljax.train.learner import Learner
 from rljax.train.metrics import plot_curves, read_jsonl
@@ -51,6 +56,7 @@ from rljax.train.sharded import MeshStep
 from rljax.train.stage import Stage
 from rljax.train.state import TrainState
 from rljax.train.steps import make_sft_step
+from rljax.train.workdir import check_inputs, prepare_workdir
 
 CURVES = ("sft/loss", "reward_mean", "eval/accuracy", "kl", "entropy", "response_length", "loss", "grad_norm",
           "clipfrac_high", "generate_tokens_per_s")
@@ -84,6 +90,10 @@ def build_data(config: ExperimentConfig, workdir: str) -> tuple[Any, Splits]:
 
     def build():
         tokenizer = build_tokenizer(config, workdir)
+        if TASKS[task.name].HAS_VALIDATION:  # the task draws its own, apart from train and test
+            knobs = {**task.knobs, "validation_size": task.validation_size}
+            return tokenizer, Splits(*(load_task(task.name, split, data_dir=task.data_dir, **knobs)
+                                       for split in ("train", "validation", "test")))
         train, test = (load_task(task.name, split, data_dir=task.data_dir, **task.knobs) for split in ("train", "test"))
         return tokenizer, Splits(*hold_out(train, task.validation_size), test)
 
@@ -99,26 +109,38 @@ def build_mesh(config: ExperimentConfig) -> Mesh:
 
 
 def build_model(config: ExperimentConfig, tokenizer, key):
-    """(cfg, params): a preset initialised from scratch, or a pretrained GGUF / HF checkpoint."""
+    """(cfg, params): a preset initialised from scratch, or a pretrained GGUF / HF checkpoint;
+    with `model.lora.rank` > 0, the base (stored in `model.lora.base_dtype`) with fresh adapters
+    under `models.ADAPTERS`."""
     m = config.model
     if m.source == "scratch":
         cfg = models.get_config(m.preset, vocab_size=tokenizer.vocab_size, **m.overrides)
-        return cfg, models.init(cfg, key)
-    if m.source == "gguf":
+        params = models.init(cfg, key)
+    elif m.source == "gguf":
         cfg, params, _ = models.load_gguf(m.path or models.gguf.smollm2_gguf_path(), **m.overrides)
     else:
         cfg, params = models.load_hf(m.path, **m.overrides)
     if cfg.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model only "
                          f"{cfg.vocab_size}: use the model's own tokenizer (tokenizer.kind='gguf')")
-    return cfg, params
+    if not m.lora.rank:
+        return cfg, params
+    if m.lora.base_dtype is not None:
+        params = jax.tree.map(lambda x: x.astype(m.lora.base_dtype), params)
+        cfg = cfg.replace(param_dtype=m.lora.base_dtype)
+    cfg = lora.with_lora(cfg, m.lora.rank, m.lora.alpha, m.lora.targets)
+    return cfg, {**params, models.ADAPTERS: lora.init_adapters(cfg, jax.random.fold_in(key, 1))}
 
 
 def prompt_function(config: ExperimentConfig, tokenizer) -> Callable[[dict], str]:
-    if config.task.prompt == "plain":
+    """Example -> prompt text: `Q: ... A:` (plain), or the chat template's rendering (with its
+    default system prompt) of the question with the answer format's instruction (chat) or of
+    the question alone (chat_question), the assistant's turn opened."""
+    task = config.task
+    if task.prompt == "plain":
         return plain_prompt
-    fmt = config.task.answer_format
-    return lambda example: tokenizer.apply_chat_template(chat_messages(example, fmt), add_generation_prompt=True)
+    return lambda example: tokenizer.apply_chat_template(
+        task_messages(example, task.prompt, task.answer_format), add_generation_prompt=True)
 
 
 class Context(NamedTuple):
@@ -194,8 +216,8 @@ def _curves(workdir: str, title: str) -> str:
 
 def run_preference(ctx: Context, params, evaluate_policy: Callable, key) -> tuple[Any, Any, dict]:
     """The stages of `preference` after the SFT warm start: pairs; then the policy's preference
-    loss against the frozen SFT policy (`rljax.train.preference`), with greedy validation
-    accuracy before and after; then a Bradley-Terry reward model (`rljax.train.reward_model`)
+    loss against the frozen SFT policy (`rljax.train.preference`), evaluated on the validation
+    split as it goes; then a Bradley-Terry reward model (`rljax.train.reward_model`)
     with held-out pairwise accuracy. Returns (policy params, the reward model as (cfg, params)
     or None, results)."""
     pref, tokenizer, seed = ctx.config.preference, ctx.tokenizer, ctx.config.seed
@@ -224,10 +246,8 @@ def run_preference(ctx: Context, params, evaluate_policy: Callable, key) -> tupl
                 p.batch_size)), p.loss)
             return step(state, batch, jax.random.fold_in(k_policy, it))
 
-        results["accuracy_before_preference"] = evaluate_policy(ref_params)["eval/accuracy"]  # the SFT policy
         params = stage.run(body, guard=ctx.guard(), evaluate=lambda s: evaluate_policy(s.params),
                            eval_every=ctx.config.eval.every, progress_keys=(f"{p.loss}/loss",)).params
-        results["accuracy_after_preference"] = evaluate_policy(params)["eval/accuracy"]
         results["preference_curves"] = _curves(os.path.join(ctx.workdir, "preference"), f"{ctx.config.task.name}: "
                                                f"{p.loss}")
 
@@ -280,17 +300,26 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
     learner = Learner(networks, rl, optimizer, norm_len=rl.sampling.max_new_tokens)
     # The frozen reference is the policy at the start of RL: a copy, since the learner donates
     # (and so invalidates) the buffers of the params it updates.
-    frozen = networks.frozen(jax.tree.map(jnp.copy, params) if rl.kl.active else None)
-    step = MeshStep(learner.learn, ctx.mesh, networks.param_axes(), networks.frozen_axes(frozen))
+    state_key, key = jax.random.split(key)
+    copy_reference = rl.kl.active and not networks.adapters  # with LoRA the frozen base is π_ref
+    state = networks.init_state(optimizer, state_key, params, critic_params,
+                                jax.tree.map(jnp.copy, params) if copy_reference else None)
+    step = MeshStep(learner.learn, ctx.mesh, networks.param_axes(), networks.frozen_axes(state.frozen))
+    nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
+    info = {"trainable_params": models.count_params(state.params), "frozen_params": models.count_params(state.frozen),
+            "optimizer_state_bytes": nbytes(state.opt_state)}
     learned = None
     if rm is not None and rm.use_in_rl:
         learned = reward_model_lib.reward_function(*reward_model)
     collector = Collector(ctx.cfg, ctx.tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens, rl,
                           reward_model=learned, mesh=ctx.mesh)
     sampler = PromptSampler(ctx.splits.train, seed=config.seed + 1)
-    state_key, key = jax.random.split(key)
-    state = step.place_state(TrainState.create(networks.trainable(params, critic_params), optimizer, state_key,
-                                               frozen))
+    state = step.place_state(state)
+    if jax.devices()[0].platform in ("gpu", "tpu"):  # the HBM preflight: stop now rather than die at step 1
+        preflight.check_rl_memory(step, state, preflight.batch_like(rl, config.data.max_prompt_tokens),
+                                  jax.ShapeDtypeStruct((2,), jnp.uint32), ctx.cfg,
+                                  networks.generation_params(state.params, state.frozen), ctx.mesh, rl,
+                                  config.data.max_prompt_tokens, ctx.tokenizer.eos_ids, ctx.tokenizer.pad_id)
     # Iteration `it` is logged after its update, at x = sft.steps + 1 + it; x = sft.steps holds
     # the evaluation of the starting policy.
     stage = ctx.stage("rl", rl.steps, state, sampler, log_offset=config.sft.steps + 1, first_logged=config.sft.steps)
@@ -300,8 +329,8 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
     def body(state, it):
         key_it = jax.random.fold_in(key, it)
         t0 = time.perf_counter()
-        batch, metrics = collector.collect(networks.policy_params(state.params), sampler, ctx.prompt_fn, key_it,
-                                           policy_version=int(state.step))
+        batch, metrics = collector.collect(networks.generation_params(state.params, state.frozen), sampler,
+                                           ctx.prompt_fn, key_it, policy_version=int(state.step))
         t1 = time.perf_counter()
         state, learn_metrics = step(state, batch, jax.random.fold_in(key_it, 1 << 20))
         jax.block_until_ready(state)  # the iteration's train time, not its dispatch
@@ -317,24 +346,28 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
         }
 
     t0 = time.perf_counter()
-    state = stage.run(body, guard=ctx.guard(), evaluate=lambda s: evaluate_policy(networks.policy_params(s.params)),
+    state = stage.run(body, guard=ctx.guard(),
+                      evaluate=lambda s: evaluate_policy(networks.generation_params(s.params, s.frozen)),
                       eval_every=config.eval.every, progress_keys=("reward_mean", "eval/accuracy", "kl"))
-    return networks.policy_params(state.params), {"rl_seconds": time.perf_counter() - t0}
+    return networks.policy_params(state.params, state.frozen), {**info, "rl_seconds": time.perf_counter() - t0}
 
 
 # -- the run --------------------------------------------------------------------------------------
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, on_config_change: str = "stop") -> dict:
     """Runs the experiment `config` (a ConfigDict, dict or `ExperimentConfig`) in `workdir` and
-    returns (and writes) its results. The config is checked first (`ConfigError`); SIGTERM
-    during the run makes the current stage save a checkpoint and raise `Preempted`."""
+    returns (and writes) its results. First, before anything is built: the config (`ConfigError`),
+    the files it names (`InputError`) and the workdir, which remembers the config of the run it
+    holds (`WorkdirError`; `on_config_change`: see `rljax.train.workdir`). SIGTERM during the run
+    makes the current stage save a checkpoint and raise `Preempted`."""
     if not isinstance(config, ExperimentConfig):
         config = experiment_config(config)
+    check_inputs(config)
+    sharding.process_0_first("workdir", lambda: prepare_workdir(config, workdir, on_config_change))
     with Preemption() as preemption:
         return _run(config, workdir, preemption)
 
 
 def _run(config: ExperimentConfig, workdir: str, preemption: Preemption) -> dict:
-    os.makedirs(workdir, exist_ok=True)
     t_start = time.perf_counter()
     k_model, k_sft, k_rl = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     tokenizer, splits = build_data(config, workdir)
@@ -358,30 +391,43 @@ def _run(config: ExperimentConfig, workdir: str, preemption: Preemption) -> dict
         return lambda p: evaluate(evaluator, p, examples, ctx.prompt_fn, batch)
 
     validate = evaluate_on(splits.validation)
+    test = [splits.test[i] for i in range(min(config.eval.num_examples, len(splits.test)))]
+
+    def evaluate_both(p) -> dict:
+        """The policy `p` on the validation split, and once on the test split (`eval.final_test`);
+        LoRA adapters merged first, so decoding runs at the base's speed."""
+        p = lora.merge(cfg, p)
+        return {"validation": validate(p)} | ({"test": evaluate_on(test)(p)} if config.eval.final_test else {})
+
+    def record(stage: str, evaluations: dict) -> None:
+        for split, metrics in evaluations.items():
+            results[f"{'' if split == 'test' else 'validation_'}accuracy_{stage}"] = metrics["eval/accuracy"]
+
+    after_sft = before = evaluate_both(params)
+    record("after_sft", after_sft)
     reward_model = None
     if config.preference is not None:
         params, reward_model, info = run_preference(ctx, params, validate, jax.random.fold_in(k_rl, 3))
         results.update(info)
-    test = [splits.test[i] for i in range(min(config.eval.num_examples, len(splits.test)))]
-    before = {"validation": validate(params)}
-    if config.eval.final_test:
-        before["test"] = evaluate_on(test)(params)  # the starting policy: RL donates its buffers
-    if config.rl.steps > 0:
+        before = evaluate_both(params)
+    after = before
+    if config.rl.steps > 0:  # the starting policy is evaluated first: RL donates its buffers
         params, info = run_rl(ctx, params, validate, k_rl, reward_model, start_metrics=before["validation"])
         results.update(info)
-        after = {"validation": validate(params)}
-        if config.eval.final_test:
-            after["test"] = evaluate_on(test)(params)
-    else:
-        after = before
-    for split in before:
-        name = "" if split == "test" else "validation_"
-        results[f"{name}accuracy_before_rl"] = before[split]["eval/accuracy"]
-        results[f"{name}accuracy_after_rl"] = after[split]["eval/accuracy"]
+        after = evaluate_both(params)
+    record("before_rl", before)
+    record("after_rl", after)
+    if config.export and jax.process_index() == 0:
+        results["export"] = export_policy(cfg, params, tokenizer, os.path.join(workdir, "export"),
+                                          base_model=config.model.path or "HuggingFaceTB/SmolLM2-135M-Instruct")
     results.update({"wall_seconds": time.perf_counter() - t_start, "validation_examples": len(splits.validation),
-                    "test_examples": len(test) if config.eval.final_test else 0})
+                    "test_examples": len(test) if config.eval.final_test else 0,
+                    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
     if jax.process_index() == 0:  # the one writer, as of metrics.jsonl (MetricsLogger)
         rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+        for key in ("generate_tokens_per_s", "train_tokens_per_s", "time/generate_s", "time/train_s"):
+            if values := [r[key] for r in rows if key in r]:
+                results[f"median_{key.replace('time/', '')}"] = float(np.median(values))
         rl = config.rl
         results["curves"] = plot_curves(rows, os.path.join(workdir, "curves.png"), CURVES,
                                         title=f"{config.task.name}: {rl.advantage} + {rl.surrogate}")

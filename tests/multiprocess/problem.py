@@ -68,10 +68,9 @@ def _problem(cfg, rl: RLConfig, seed: int) -> Problem:
     networks = Networks(cfg)
     learner = Learner(networks, rl, OPTIMIZER, norm_len=T - P)
     params, ref = (models.init(cfg, jax.random.PRNGKey(k)) for k in (1, 4))
-    frozen = networks.frozen(ref)
-    state = TrainState.create(networks.trainable(params), OPTIMIZER, jax.random.PRNGKey(2), frozen)
+    state = networks.init_state(OPTIMIZER, jax.random.PRNGKey(2), params, reference_params=ref)
     return Problem(learner.learn, jax.tree.map(np.asarray, state), _rollout(np.random.default_rng(seed)),
-                   np.asarray(jax.random.PRNGKey(3)), networks.param_axes(), networks.frozen_axes(frozen),
+                   np.asarray(jax.random.PRNGKey(3)), networks.param_axes(), networks.frozen_axes(state.frozen),
                    rl.updates_per_rollout)
 
 

@@ -18,7 +18,6 @@ from rljax.losses import registry
 from rljax.train.config import KLConfig, RLConfig, SamplingConfig
 from rljax.train.learner import Learner
 from rljax.train.networks import Networks
-from rljax.train.state import TrainState
 from rljax.train.trajectories import TrajectoryBatch
 
 V, P, G, N = 8, 2, 8, 2  # vocabulary, prompts, samples per prompt, new tokens
@@ -46,28 +45,24 @@ def _train(rl: RLConfig, cfg=CFG) -> tuple[float, float]:
     networks = Networks(cfg)
     learner = Learner(networks, rl, optax.adam(3e-2), norm_len=N)
     params = models.init(cfg, jax.random.PRNGKey(0))
-    frozen = networks.frozen(jax.tree.map(jnp.copy, params) if rl.kl.active else None)
-    state = TrainState.create(networks.trainable(params), learner.optimizer, jax.random.PRNGKey(1), frozen)
+    state = networks.init_state(learner.optimizer, jax.random.PRNGKey(1), params,
+                                reference_params=jax.tree.map(jnp.copy, params) if rl.kl.active else None)
     learn = jax.jit(learner.learn, donate_argnums=0)
     mask = np.ones_like(PROMPTS, bool)
     before = _target_probability(cfg, params)
     for it in range(ITERATIONS):
         key = jax.random.PRNGKey(100 + it)
-        policy = networks.policy_params(state.params)
+        policy = networks.generation_params(state.params, state.frozen)
         gen = generate.generate(cfg, policy, PROMPTS, mask, key, max_new_tokens=N, num_samples=G)
         baseline = None
         if registry.advantage(rl.advantage).needs_baseline:  # ReMax: the greedy response's reward
             greedy = generate.generate(cfg, policy, PROMPTS, mask, key, max_new_tokens=N, temperature=0.0)
             baseline = np.repeat(_rewards(greedy.tokens), G)
-        rows = lambda x: np.repeat(x, G, axis=0)  # noqa: E731
-        batch = TrajectoryBatch.from_rows(
-            np.concatenate([rows(PROMPTS), gen.tokens], 1), np.concatenate([rows(mask), gen.mask], 1),
-            np.concatenate([np.zeros_like(rows(mask)), gen.mask], 1),
-            np.concatenate([np.zeros(rows(mask).shape), gen.logprobs], 1), _rewards(gen.tokens), G, int(state.step),
-            baseline=baseline)
+        batch = TrajectoryBatch.from_generation(PROMPTS, mask, gen, _rewards(gen.tokens), G, int(state.step),
+                                                baseline=baseline)
         state, metrics = learn(state, batch, jax.random.fold_in(key, 1))
         assert not np.any(np.asarray(metrics["nonfinite"]))
-    return before, _target_probability(cfg, networks.policy_params(state.params))
+    return before, _target_probability(cfg, networks.generation_params(state.params, state.frozen))
 
 
 def _assert_learns(rl: RLConfig, cfg=CFG):
