@@ -84,7 +84,8 @@ def _plot_rewards(per_seed_rows: dict, path: str):
 def _figures(which: str, results: dict, rows: list) -> dict:
     """The measured figures of one run."""
     if which == "dpo":
-        before, after = results["accuracy_before_preference"], results["accuracy_after_preference"]
+        # Test accuracy of the SFT policy, and of the policy after the preference stage.
+        before, after = results["accuracy_after_sft"], results["accuracy_after_rl"]
         return dict(accuracy_before=before, accuracy_after=after, gain=after - before)
     if which == "reward_model":
         return dict(pairwise_accuracy=results["pairwise_accuracy"])
@@ -133,7 +134,7 @@ def main():
     out = {"config": CONFIGS[args.which], "overrides": args.set, "seeds": len(args.seeds),
            **{k: float(np.mean([s[k] for s in per_seed])) for k in figures},
            "wall_seconds": max(s["wall_seconds"] for s in per_seed),
-           "eval_examples": results["eval_examples"],
+           "test_examples": results["test_examples"],
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                        "note": "this CPU; each seed run alone"},
            "per_seed": per_seed}

@@ -69,7 +69,6 @@ class Advantage:
     min_group: the smallest G it works with (a group-relative baseline needs two samples).
     needs_critic: reads `inputs.values` and returns the critic's regression targets.
     needs_baseline: reads `inputs.baseline` (a rollout must supply it, e.g. greedy rewards).
-    batch_wide: normalises over every row of the batch, so it must see the whole batch at once.
     """
 
     fn: Callable[..., tuple[jax.Array, jax.Array | None]]
@@ -77,7 +76,6 @@ class Advantage:
     min_group: int = 1
     needs_critic: bool = False
     needs_baseline: bool = False
-    batch_wide: bool = False
 
     @property
     def hparams(self) -> dict[str, Any]:
@@ -158,13 +156,13 @@ ADVANTAGES: dict[str, Advantage] = {
     "grpo": Advantage(_grpo, "Shao et al. 2024, DeepSeekMath: (r − mean_G) / (std_G + eps)", min_group=2),
     "dr_grpo": Advantage(_dr_grpo, "Liu et al. 2025, Dr. GRPO: r − mean_G", min_group=2),
     "rloo": Advantage(_rloo, "Kool et al. 2019; Ahmadian et al. 2024: r_i − mean_{j≠i} r_j", min_group=2),
-    "reinforce_pp": Advantage(_reinforce_pp, "Hu 2025, REINFORCE++: r whitened over the batch", batch_wide=True),
+    "reinforce_pp": Advantage(_reinforce_pp, "Hu 2025, REINFORCE++: r whitened over the batch"),
     "reinforce_pp_baseline": Advantage(_reinforce_pp_baseline, "Hu 2025: (r − mean_G) whitened over the batch",
-                                       min_group=2, batch_wide=True),
+                                       min_group=2),
     "remax": Advantage(_remax, "Li et al. 2023, ReMax: r − r(greedy response)", needs_baseline=True),
-    "batch_mean": Advantage(_batch_mean, "REINFORCE with a batch-mean baseline: r − mean_batch", batch_wide=True),
+    "batch_mean": Advantage(_batch_mean, "REINFORCE with a batch-mean baseline: r − mean_batch"),
     "gae": Advantage(_gae, "Schulman et al. 2016, GAE(γ, λ) on token rewards and a critic, whitened over "
-                     "the batch's tokens", needs_critic=True, batch_wide=True),
+                     "the batch's tokens", needs_critic=True),
     "none": Advantage(_none, "Williams 1992, REINFORCE: A = r"),
 }
 

@@ -78,7 +78,7 @@ def test_advantage_rows_match_numpy(name, with_hparams, check_transforms):
 
 
 def test_rows_declare_what_they_need():
-    assert registry.advantage("gae").needs_critic and registry.advantage("gae").batch_wide
+    assert registry.advantage("gae").needs_critic and not registry.advantage("grpo").needs_critic
     assert registry.advantage("remax").needs_baseline
     assert registry.advantage("grpo").min_group == 2 and registry.advantage("none").min_group == 1
     assert registry.surrogate("reinforce").on_policy and not registry.surrogate("ppo").on_policy
