@@ -111,7 +111,11 @@ def main():
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True, help="path of the summary JSON (a PNG is written beside it)")
     parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags for every run")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides += extra
 
     per_seed, rows = {}, {}
     for seed in args.seeds:
