@@ -132,6 +132,22 @@ def _gemma3_layer_types(n_layers: int, pattern: int = 6) -> tuple[LayerType, ...
     return tuple("full" if (i + 1) % pattern == 0 else "sliding" for i in range(n_layers))
 
 
+# What each family's checkpoints share; a preset adds its sizes.
+_QWEN = dict(vocab_size=151936, norm_eps=1e-6, rope_theta=1_000_000.0)
+_QWEN2_5 = dict(_QWEN, qkv_bias=True, max_seq_len=32768)  # q/k/v biases
+_QWEN3 = dict(_QWEN, qk_norm=True, max_seq_len=40960)  # QK-norm, no biases
+_LLAMA3 = dict(vocab_size=128256, norm_eps=1e-5, rope_theta=500_000.0, max_seq_len=131072)
+# Gemma 3: GELU, (1 + scale) norms before and after each sublayer, QK-norm, embeddings scaled by
+# sqrt(D), scores by 1/sqrt(256); 5 sliding layers (RoPE base 10k) : 1 global (base 1M).
+_GEMMA3 = dict(activation="gelu_tanh", norm_eps=1e-6, norm_plus_one=True, qk_norm=True, post_norms=True,
+               scale_embeddings=True, attn_scale=256.0, rope_theta=1_000_000.0, local_rope_theta=10_000.0)
+
+
+def _llama3_rope(factor: float) -> RopeScaling:
+    return RopeScaling(kind="llama3", factor=factor, low_freq_factor=1.0, high_freq_factor=4.0,
+                       original_max_position=8192)
+
+
 PRESETS: dict[str, ModelConfig] = {
     # A tiny Llama-style model (with GQA) for tests and CPU experiments.
     "tiny": ModelConfig(),
@@ -140,68 +156,33 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
         mlp_dim=1536, norm_eps=1e-5, rope_theta=100_000.0, max_seq_len=8192,
     ),
-    # Qwen/Qwen2.5-0.5B: q/k/v biases.
-    "qwen2.5-0.5b": ModelConfig(
-        vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
-        mlp_dim=4864, norm_eps=1e-6, qkv_bias=True, rope_theta=1_000_000.0, max_seq_len=32768,
-    ),
-    # Qwen/Qwen3-0.6B: QK-norm, no biases, head_dim 128 > D / N.
-    "qwen3-0.6b": ModelConfig(
-        vocab_size=151936, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128,
-        mlp_dim=3072, norm_eps=1e-6, qk_norm=True, rope_theta=1_000_000.0, max_seq_len=40960,
-    ),
-    # meta-llama/Llama-3.2-1B: llama3 RoPE scaling.
-    "llama3.2-1b": ModelConfig(
-        vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
-        mlp_dim=8192, norm_eps=1e-5, rope_theta=500_000.0, max_seq_len=131072,
-        rope_scaling=RopeScaling(kind="llama3", factor=32.0, low_freq_factor=1.0,
-                                 high_freq_factor=4.0, original_max_position=8192),
-    ),
-    # google/gemma-3-1b-pt: 5 sliding (window 512, base 10k) : 1 global (base 1M) layers.
-    "gemma3-1b": ModelConfig(
-        vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1, head_dim=256,
-        mlp_dim=6912, activation="gelu_tanh", norm_eps=1e-6, norm_plus_one=True, qk_norm=True,
-        post_norms=True, scale_embeddings=True, attn_scale=256.0, rope_theta=1_000_000.0,
-        local_rope_theta=10_000.0, sliding_window=512, layer_types=_gemma3_layer_types(26),
-        max_seq_len=32768,
-    ),
-    # Qwen/Qwen2.5-1.5B and Qwen/Qwen2.5-3B: tied embeddings, q/k/v biases, head_dim 128.
-    "qwen2.5-1.5b": ModelConfig(
-        vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
-        mlp_dim=8960, norm_eps=1e-6, qkv_bias=True, rope_theta=1_000_000.0, max_seq_len=32768,
-    ),
-    "qwen2.5-3b": ModelConfig(
-        vocab_size=151936, d_model=2048, n_layers=36, n_heads=16, n_kv_heads=2, head_dim=128,
-        mlp_dim=11008, norm_eps=1e-6, qkv_bias=True, rope_theta=1_000_000.0, max_seq_len=32768,
-    ),
-    # google/gemma-3-4b-pt, the language model: 5 sliding (window 1024, base 10k) : 1 global
-    # (base 1M, positions interpolated 8x) layers.
-    "gemma3-4b": ModelConfig(
-        vocab_size=262208, d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4, head_dim=256,
-        mlp_dim=10240, activation="gelu_tanh", norm_eps=1e-6, norm_plus_one=True, qk_norm=True,
-        post_norms=True, scale_embeddings=True, attn_scale=256.0, rope_theta=1_000_000.0,
-        rope_scaling=RopeScaling(kind="linear", factor=8.0), local_rope_theta=10_000.0,
-        sliding_window=1024, layer_types=_gemma3_layer_types(34), max_seq_len=131072,
-    ),
-    # Qwen/Qwen2.5-7B: untied LM head, q/k/v biases, 4 kv heads.
-    "qwen2.5-7b": ModelConfig(
-        vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
-        mlp_dim=18944, norm_eps=1e-6, qkv_bias=True, tie_embeddings=False, rope_theta=1_000_000.0,
-        max_seq_len=131072,
-    ),
-    # meta-llama/Llama-3.1-8B: untied LM head, llama3 RoPE scaling (factor 8).
-    "llama3.1-8b": ModelConfig(
-        vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
-        mlp_dim=14336, norm_eps=1e-5, tie_embeddings=False, rope_theta=500_000.0, max_seq_len=131072,
-        rope_scaling=RopeScaling(kind="llama3", factor=8.0, low_freq_factor=1.0,
-                                 high_freq_factor=4.0, original_max_position=8192),
-    ),
-    # Qwen/Qwen3-8B: QK-norm, no biases, untied LM head.
-    "qwen3-8b": ModelConfig(
-        vocab_size=151936, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
-        mlp_dim=12288, norm_eps=1e-6, qk_norm=True, tie_embeddings=False, rope_theta=1_000_000.0,
-        max_seq_len=40960,
-    ),
+    # Qwen/Qwen2.5-0.5B, -1.5B, -3B (tied embeddings) and -7B (untied LM head, a larger vocabulary).
+    "qwen2.5-0.5b": ModelConfig(**_QWEN2_5, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                                mlp_dim=4864),
+    "qwen2.5-1.5b": ModelConfig(**_QWEN2_5, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+                                mlp_dim=8960),
+    "qwen2.5-3b": ModelConfig(**_QWEN2_5, d_model=2048, n_layers=36, n_heads=16, n_kv_heads=2, head_dim=128,
+                              mlp_dim=11008),
+    "qwen2.5-7b": ModelConfig(**dict(_QWEN2_5, vocab_size=152064, max_seq_len=131072), d_model=3584, n_layers=28,
+                              n_heads=28, n_kv_heads=4, head_dim=128, mlp_dim=18944, tie_embeddings=False),
+    # Qwen/Qwen3-0.6B (head_dim 128 > D / N) and Qwen3-8B (untied LM head).
+    "qwen3-0.6b": ModelConfig(**_QWEN3, d_model=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128,
+                              mlp_dim=3072),
+    "qwen3-8b": ModelConfig(**_QWEN3, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8, head_dim=128,
+                            mlp_dim=12288, tie_embeddings=False),
+    # meta-llama/Llama-3.2-1B (RoPE scaled 32x) and Llama-3.1-8B (8x, untied LM head).
+    "llama3.2-1b": ModelConfig(**_LLAMA3, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+                               mlp_dim=8192, rope_scaling=_llama3_rope(32.0)),
+    "llama3.1-8b": ModelConfig(**_LLAMA3, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+                               mlp_dim=14336, rope_scaling=_llama3_rope(8.0), tie_embeddings=False),
+    # google/gemma-3-1b-pt (window 512) and the language model of gemma-3-4b-pt (window 1024, the
+    # global layers' positions interpolated 8x).
+    "gemma3-1b": ModelConfig(**_GEMMA3, vocab_size=262144, d_model=1152, n_layers=26, n_heads=4, n_kv_heads=1,
+                             head_dim=256, mlp_dim=6912, sliding_window=512, layer_types=_gemma3_layer_types(26),
+                             max_seq_len=32768),
+    "gemma3-4b": ModelConfig(**_GEMMA3, vocab_size=262208, d_model=2560, n_layers=34, n_heads=8, n_kv_heads=4,
+                             head_dim=256, mlp_dim=10240, sliding_window=1024, layer_types=_gemma3_layer_types(34),
+                             rope_scaling=RopeScaling(kind="linear", factor=8.0), max_seq_len=131072),
 }
 
 
