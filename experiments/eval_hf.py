@@ -45,15 +45,14 @@ def main():
     import transformers
 
     from rljax.data.prompts import task_messages
-    from rljax.data.tasks import load_task
     from rljax.models.gguf import smollm2_gguf_path
     from rljax.rewards import math_reward, task_rewards
     from rljax.train.config import experiment_config, load_config_file
+    from rljax.train.experiment import task_splits
 
     config = experiment_config(load_config_file(args.config))
     task = config.task
-    knobs = {**task.knobs, "validation_size": task.validation_size}
-    examples = load_task(task.name, args.split, data_dir=task.data_dir, **knobs)
+    examples = getattr(task_splits(task), args.split)
     num = args.num or (config.eval.num_examples if args.split == "test" else len(examples))
     examples = [examples[i] for i in range(min(num, len(examples)))]
     max_new_tokens = args.max_new_tokens or config.rl.sampling.max_new_tokens

@@ -86,18 +86,23 @@ def build_data(config: ExperimentConfig, workdir: str) -> tuple[Any, Splits]:
     """(tokenizer, splits). On several processes process 0 builds them first
     (`sharding.process_0_first`): it trains the tokenizer into the workdir and prepares the task
     into the data dir, and the others then read those files instead of writing them too."""
-    task = config.task
 
     def build():
-        tokenizer = build_tokenizer(config, workdir)
-        if TASKS[task.name].HAS_VALIDATION:  # the task draws its own, apart from train and test
-            knobs = {**task.knobs, "validation_size": task.validation_size}
-            return tokenizer, Splits(*(load_task(task.name, split, data_dir=task.data_dir, **knobs)
-                                       for split in ("train", "validation", "test")))
-        train, test = (load_task(task.name, split, data_dir=task.data_dir, **task.knobs) for split in ("train", "test"))
-        return tokenizer, Splits(*hold_out(train, task.validation_size), test)
+        return build_tokenizer(config, workdir), task_splits(config.task)
 
     return sharding.process_0_first("tokenizer and task", build)
+
+
+def task_splits(task) -> Splits:
+    """The train, validation and test examples of `task` (a `TaskConfig` section): a task that
+    draws its own validation split apart from train and test (`HAS_VALIDATION`) gives it;
+    otherwise it is the last `task.validation_size` examples of the train split."""
+    if TASKS[task.name].HAS_VALIDATION:
+        knobs = {**task.knobs, "validation_size": task.validation_size}
+        return Splits(*(load_task(task.name, split, data_dir=task.data_dir, **knobs)
+                        for split in ("train", "validation", "test")))
+    train, test = (load_task(task.name, split, data_dir=task.data_dir, **task.knobs) for split in ("train", "test"))
+    return Splits(*hold_out(train, task.validation_size), test)
 
 
 def build_mesh(config: ExperimentConfig) -> Mesh:
