@@ -71,22 +71,25 @@ def first_number(text: str) -> Fraction | None:
     return next(iter_numbers(text), None)
 
 
-def last_number(text: str) -> Fraction | None:
-    """The last number in `text` (the usual fallback answer of a free-form solution), or None.
-    Only the last token is converted: a completion of many thousand numbers costs one regex
-    scan, not a Fraction per number."""
+def _last_match(text: str) -> re.Match | None:
+    """The last number token of `text`. Only it is converted by the callers: a completion of
+    many thousand numbers costs one regex scan, not a Fraction per number."""
     last = None
     for last in NUMBER_RE.finditer(clean_latex(text)):
         pass
+    return last
+
+
+def last_number(text: str) -> Fraction | None:
+    """The last number in `text` (the usual fallback answer of a free-form solution), or None."""
+    last = _last_match(text)
     return None if last is None else _match_value(last)
 
 
 def last_integer(text: str) -> int | None:
     """The last number token of `text` when it is an integer literal (`85`, `-35`, `1,280`), else
     None (also when it is a decimal or a fraction: `85.5`, `170/2`)."""
-    last = None
-    for last in NUMBER_RE.finditer(clean_latex(text)):
-        pass
+    last = _last_match(text)
     if last is None or last["den"] is not None or "." in last["num"] or len(last["num"]) > MAX_TOKEN_CHARS:
         return None
     return int(last["num"].replace(",", ""))
