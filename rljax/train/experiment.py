@@ -320,7 +320,7 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
                           reward_model=learned, mesh=ctx.mesh)
     sampler = PromptSampler(ctx.splits.train, seed=config.seed + 1)
     state = step.place_state(state)
-    if jax.devices()[0].platform in ("gpu", "tpu"):  # the HBM preflight: stop now rather than die at step 1
+    if ctx.mesh.devices.flat[0].platform in ("gpu", "tpu"):  # the HBM preflight: stop now rather than die at step 1
         preflight.check_rl_memory(step, state, preflight.batch_like(rl, config.data.max_prompt_tokens),
                                   jax.ShapeDtypeStruct((2,), jnp.uint32), ctx.cfg,
                                   networks.generation_params(state.params, state.frozen), ctx.mesh, rl,
