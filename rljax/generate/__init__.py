@@ -6,6 +6,6 @@
     texts = generate.complete(cfg, params, tokenizer, ["What is 2 + 2?"], temperature=0)
 """
 
-from rljax.generate.loop import Generation, generate
+from rljax.generate.loop import Generation, extend, generate, grow_cache, new_cache
 from rljax.generate.sampling import Sampling, sample, sampling_logits
 from rljax.generate.text import complete

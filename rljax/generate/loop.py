@@ -13,6 +13,9 @@ samples the next one and records it; it stops after N tokens or as soon as every
 an EOS. The cache is loop state, so XLA updates it in place: no copy and no host round-trip per
 token. (It is created inside the jit rather than passed in, so there is no input buffer to
 donate: the loop owns it from the start.)
+
+`extend` is the same decode loop on a cache that is passed in (and donated) and returned: the
+multi-turn step, which appends each row's new tokens to its conversation and samples the reply.
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ from rljax.models.cache import CACHE_AXES, Cache, init_cache
 from rljax.models.config import ModelConfig
 from rljax.models.transformer import Transformer
 from rljax.sharding import to_host
+
+
+# XLA:CPU's default copy insertion cannot tell that every read of the cache in a decoding step
+# precedes the step's write (the last layer's read and the write are not ordered by data), so it
+# copies the whole cache twice per step; its region analysis sees that the in-place update is
+# safe. (Other backends ignore the option.)
+_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 class Generation(NamedTuple):
@@ -101,6 +111,101 @@ def lower(cfg: ModelConfig, params: dict, prompt_tokens, prompt_mask, key, max_n
     return _generate.lower(params, tokens, mask, key, **static)
 
 
+def extend(cfg: ModelConfig, params: dict, cache: Cache, tokens: jax.Array, mask: jax.Array, key: jax.Array,
+           max_new_tokens: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           eos_ids: Iterable[int] = (), *, active: jax.Array | None = None, max_steps=None,
+           min_p: float = 0.0, pad_id: int = 0) -> tuple[Generation, Cache]:
+    """Continues a cached conversation: appends tokens to each row, then samples a reply.
+
+    The multi-turn step (`rljax.envs.rollout`): the cache already holds every row's conversation
+    so far; each row's new tokens (its environment's answer and the template's glue) are written
+    at that row's own next positions in one forward pass, and decoding continues from there, with
+    nothing before them computed again. All in one jit; the cache is donated, so it is updated in
+    place and the `cache` passed in may not be used again.
+
+    Args:
+      cache: from `new_cache` or a previous `extend`, for these B rows.
+      tokens: [B, A] int, each row's new tokens, left-padded (`mask` False on padding); the
+        last column must be real in every active row. On an empty cache this is the prompt.
+      mask: [B, A] bool.
+      active: [B] bool, the rows that take part (default: all); the others append padding and
+        their outputs are padding, as rows whose conversation has ended.
+      max_steps: [B] int (or one int for all rows), each row's budget: it stops after this many
+        tokens, at most `max_new_tokens` (the default). Values, not shapes, so that budgets
+        that shrink as conversations grow compile nothing new.
+      the rest: as `generate` (num_samples is 1: a conversation is one row).
+    Returns:
+      (the reply as a `Generation` of [B, N] arrays, the cache). The cache then holds the
+      appended tokens and every sampled token but the last of each row that did not stop at an
+      EOS: the caller appends that one with the next turn's tokens.
+    """
+    tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
+    rows, slots = cache["mask"].shape
+    active = jnp.ones((rows,), bool) if active is None else jnp.asarray(active, bool)
+    if not _is_count(max_new_tokens, 1):
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    budget = np.broadcast_to(np.asarray(max_new_tokens if max_steps is None else max_steps), (rows,))
+    if tokens.ndim != 2 or tokens.shape[0] != rows or mask.shape != tokens.shape or active.shape != (rows,):
+        raise ValueError(f"tokens and mask must be [B, A] and active [B] for the cache's B={rows} rows; got "
+                         f"{tokens.shape}, {mask.shape} and {active.shape}")
+    if not np.issubdtype(budget.dtype, np.integer) or budget.min() < 1 or budget.max() > max_new_tokens:
+        raise ValueError(f"max_steps must be integers in [1, max_new_tokens={max_new_tokens}], got {max_steps!r}")
+    if not np.all(np.asarray(mask)[:, -1] | ~np.asarray(active)):
+        raise ValueError("the new tokens must be left-padded: mask[:, -1] is False in an active row")
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    return _extend(params, cache, tokens, mask, active, key, jnp.asarray(budget, jnp.int32), cfg=cfg,
+                   max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids), pad_id=pad_id)
+
+
+def new_cache(cfg: ModelConfig, batch_size: int, slots: int) -> Cache:
+    """An empty cache of `slots` slots for `extend`. The B rows share slot indices: a turn takes
+    as many slots as its longest row appends, plus its decoding steps, so rows of different
+    lengths leave padding slots. (Slots are not positions: RoPE reads each row's own count of
+    real tokens, which `cfg.max_seq_len` bounds.)"""
+    if not (_is_count(batch_size, 1) and _is_count(slots, 1)):
+        raise ValueError(f"batch_size and slots must be integers >= 1, got {batch_size!r} and {slots!r}")
+    return _new_cache(batch_size, slots, cfg=cfg)
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "slots", "cfg"))
+def _new_cache(batch_size, slots, *, cfg):
+    return _constrain_cache(init_cache(cfg, batch_size, slots))
+
+
+def grow_cache(cache: Cache, slots: int) -> Cache:
+    """The cache with `slots` slots, its contents kept and empty slots appended (a copy: the old
+    buffers are freed with the last reference to them). Every decoding step attends over every
+    slot, so a conversation's cache is best grown as it lengthens than allocated at its final
+    size."""
+    extra = slots - cache["mask"].shape[1]
+    if not isinstance(slots, (int, np.integer)) or extra < 0:
+        raise ValueError(f"cannot grow a cache of {cache['mask'].shape[1]} slots to {slots!r}")
+    return _grow_cache(cache, extra=int(extra)) if extra else cache
+
+
+@functools.partial(jax.jit, static_argnames=("extra",))
+def _grow_cache(cache, *, extra):
+    def pad(name, x):
+        if "cache_length" not in CACHE_AXES[name]:
+            return x
+        axis = CACHE_AXES[name].index("cache_length")
+        return jnp.pad(x, [(0, extra) if a == axis else (0, 0) for a in range(x.ndim)])
+
+    return _constrain_cache({name: pad(name, x) for name, x in cache.items()})
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids", "pad_id"),
+                   donate_argnames=("cache",), compiler_options=_COMPILER_OPTIONS)
+def _extend(params, cache, tokens, mask, active, key, max_steps, *, cfg: ModelConfig, max_new_tokens: int,
+            sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int) -> tuple[Generation, Cache]:
+    model = Transformer(cfg)
+    mask = mask & active[:, None]
+    positions = default_positions(mask, cache)
+    outputs, cache = model.apply(variables(params), tokens, positions, mask, cache, last_only=True)
+    return _decode(model, params, _constrain_cache(cache), outputs["logits"][:, 0], positions[:, -1] + 1, ~active,
+                   key, max_new_tokens, max_steps, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)
+
+
 def _arguments(cfg, prompt_tokens, prompt_mask, max_new_tokens, temperature, top_k, top_p, eos_ids, num_samples,
                min_p, pad_id):
     """(tokens, mask, the static arguments of `_generate`) of `generate`'s arguments, checked."""
@@ -164,8 +269,9 @@ class _Loop(NamedTuple):
     """The decode loop's state; row r of every [R, ...] array is sample r (R = B*n)."""
 
     token: jax.Array  # [R] int32: the token sampled last, fed to the model next
+    live: jax.Array  # [R] bool: that token is real (sampled before the row's EOS), so its cache slot counts
     position: jax.Array  # [R] int32: its RoPE position
-    done: jax.Array  # [R] bool: the row has emitted an EOS
+    done: jax.Array  # [R] bool: the row has emitted an EOS (or takes no part in this call)
     cache: Cache
     out: Generation  # [R, N] buffers, filled column by column; out.num_steps columns so far
 
@@ -183,11 +289,6 @@ def _repeat_rows(cache: Cache, n: int) -> Cache:
             if "batch" in CACHE_AXES[name] else x for name, x in cache.items()}
 
 
-# XLA:CPU's default copy insertion cannot tell that every read of the cache in a decoding step
-# precedes the step's write (the last layer's read and the write are not ordered by data), so it
-# copies the whole cache twice per step; its region analysis sees that the in-place update is
-# safe. (Other backends ignore the option.)
-_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids",
@@ -210,6 +311,22 @@ def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_
     cache = _constrain_cache(_repeat_rows(cache, num_samples))
     position = jnp.repeat(positions[:, -1] + 1, num_samples)
 
+    return _decode(model, params, cache, logits, position, jnp.zeros((rows,), bool), key, max_new_tokens,
+                   max_new_tokens, sampling=sampling, eos_ids=eos_ids, pad_id=pad_id)[0]
+
+
+def _decode(model: Transformer, params, cache: Cache, logits, position, done, key, max_new_tokens: int,
+            max_steps, *, sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int) -> tuple[Generation, Cache]:
+    """The decode loop: samples from `logits` [R, V] (the next-token logits of every row, with
+    `position` [R] the next RoPE position), then feeds each sampled token back through the cached
+    model; a row stops at an EOS or after `max_steps` tokens (an int, or a traced [R] budget per
+    row, each <= `max_new_tokens`), and the loop when every row is `done` ([R] bool at the start:
+    rows that take no part, whose outputs are padding). Returns the
+    `Generation` and the cache, which holds every fed token; a token sampled after its row's EOS
+    is fed as padding (cache mask False), so the cache can be continued (`extend`). The last
+    sampled token of a row that did not stop early is not fed."""
+    rows, n_new = logits.shape[0], max_new_tokens
+
     def record(out: Generation, logits, done):
         """Samples the next token from logits [R, V] and writes it into column out.num_steps."""
         step = out.num_steps
@@ -228,7 +345,7 @@ def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_
                                else put(out.sampling_logprobs, sampling_logprob, 0.0)),
             num_steps=step + 1,
         )
-        ended = functools.reduce(operator.or_, (token == e for e in eos_ids), done)
+        ended = functools.reduce(operator.or_, (token == e for e in eos_ids), done | (step + 1 >= max_steps))
         return token, out, ended
 
     zeros = jnp.zeros((rows, n_new), jnp.float32)
@@ -239,16 +356,16 @@ def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_
     # Rows are split like the cache's batch (a no-op outside `sharding.use_mesh`).
     buffers = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("batch", "length"))
                            if x.ndim == 2 else x, buffers)
-    token, buffers, done = record(buffers, logits, jnp.zeros((rows,), bool))
+    token, buffers, ended = record(buffers, logits, done)
 
     def cond(s: _Loop):
         return (s.out.num_steps < n_new) & ~jnp.all(s.done)
 
     def body(s: _Loop) -> _Loop:
         outputs, cache = model.apply(variables(params), s.token[:, None], s.position[:, None],
-                                     jnp.ones((rows, 1), bool), s.cache)
+                                     s.live[:, None], s.cache)
         token, out, done = record(s.out, outputs["logits"][:, 0], s.done)
-        return _Loop(token, s.position + 1, done, cache, out)
+        return _Loop(token, ~s.done, s.position + 1, done, cache, out)
 
-    final = jax.lax.while_loop(cond, body, _Loop(token, position, done, cache, buffers))
-    return final.out
+    final = jax.lax.while_loop(cond, body, _Loop(token, ~done, position, ended, cache, buffers))
+    return final.out, final.cache
