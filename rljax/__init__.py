@@ -8,7 +8,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("models", "generate", "losses", "sharding", "data", "rewards", "train", "estimators")
+_SUBMODULES = ("models", "generate", "losses", "sharding", "data", "rewards", "envs", "train", "estimators")
 
 
 def __getattr__(name):

@@ -21,25 +21,35 @@ _DIVISOR_TRIES = 32
 
 @dataclasses.dataclass(eq=False)
 class ArithmeticConfig(TaskConfig):
-    """num_operands: operands per problem (≥ 2); digits: digits per operand (1 allows 0-9);
-    operators: a subset of "+-*/"; train_size/test_size: examples per split; seed."""
+    """num_operands: operands per problem (≥ 2); digits: digits per operand (1 allows 0-9), or a
+    tuple of one count per operand (e.g. (3, 2): "What is 347 * 28?"); operators: a subset of "+-*/"; train_size/test_size: examples per split; seed."""
 
     num_operands: int = 2
-    digits: int = 2
+    digits: int | tuple[int, ...] = 2
     operators: str = "+-*"
     train_size: int = 10_000
     test_size: int = 500
 
     def validate(self):
-        check_positive(self, "num_operands", "digits", "train_size", "test_size")
+        check_positive(self, "num_operands", "train_size", "test_size")
         if self.num_operands < 2:
             raise ValueError(f"ArithmeticConfig.num_operands must be >= 2, got {self.num_operands}")
-        if self.digits > 9:
-            raise ValueError(f"ArithmeticConfig.digits must be <= 9, got {self.digits}")
+        digits = operand_digits(self)
+        if len(digits) != self.num_operands or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= 9 for d in digits):
+            raise ValueError(f"ArithmeticConfig.digits must be an int in [1, 9] or {self.num_operands} of them (one "
+                             f"per operand), got {self.digits!r}")
         ops = self.operators
         if not ops or not set(ops) <= set(OPERATORS) or len(set(ops)) != len(ops):
             raise ValueError(f"ArithmeticConfig.operators must be distinct characters of "
                              f"{OPERATORS!r}, got {self.operators!r}")
+
+
+def operand_digits(config: ArithmeticConfig) -> tuple:
+    """The digit count of each operand."""
+    if isinstance(config.digits, (tuple, list)):
+        return tuple(config.digits)
+    return (config.digits,) * config.num_operands
 
 
 def sample_problem(rng: random.Random, config: ArithmeticConfig) -> tuple[str, int] | None:
@@ -47,10 +57,10 @@ def sample_problem(rng: random.Random, config: ArithmeticConfig) -> tuple[str, i
 
     The value is the sum of signed multiplicative terms, each evaluated left to right.
     """
-    lo, hi = (0 if config.digits == 1 else 10 ** (config.digits - 1)), 10 ** config.digits - 1
-    first = rng.randint(lo, hi)
+    ranges = [((0 if d == 1 else 10 ** (d - 1)), 10 ** d - 1) for d in operand_digits(config)]
+    first = rng.randint(*ranges[0])
     parts, total, sign, term = [str(first)], 0, 1, first
-    for _ in range(config.num_operands - 1):
+    for lo, hi in ranges[1:]:
         op = rng.choice(config.operators)
         if op == "/":
             divisors = (rng.randint(max(lo, 1), hi) for _ in range(_DIVISOR_TRIES))
@@ -75,7 +85,6 @@ class ArithmeticBuilder(TaskBuilder):
 
     name = "rljax_arithmetic"
     CONFIG_CLASS = ArithmeticConfig
-    BUILDER_CONFIGS = [ArithmeticConfig()]
 
     @staticmethod
     def make_splits(config: ArithmeticConfig) -> dict[str, list[Example]]:

@@ -99,6 +99,12 @@ class TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # True when `make_splits` gives a "validation" split too, sized by a `validation_size` knob.
     HAS_VALIDATION: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        # tfds wants the default config among BUILDER_CONFIGS: it is CONFIG_CLASS's defaults.
+        if "CONFIG_CLASS" in cls.__dict__ and "BUILDER_CONFIGS" not in cls.__dict__:
+            cls.BUILDER_CONFIGS = [cls.CONFIG_CLASS()]
+        super().__init_subclass__(**kwargs)
+
     @classmethod
     def config_for(cls, **knobs: Any) -> TaskConfig:
         """The config for `knobs` (defaults for the rest). The class's own default config object

@@ -169,7 +169,6 @@ class CodeBuilder(TaskBuilder):
 
     name = "rljax_code"
     CONFIG_CLASS = CodeConfig
-    BUILDER_CONFIGS = [CodeConfig()]
 
     def task_features(self):
         return {"tests": tfds.features.Text(), "entry_point": tfds.features.Text()}

@@ -78,7 +78,6 @@ class CountdownBuilder(TaskBuilder):
 
     name = "rljax_countdown"
     CONFIG_CLASS = CountdownConfig
-    BUILDER_CONFIGS = [CountdownConfig()]
 
     def task_features(self):
         return {"numbers": tfds.features.Tensor(shape=(None,), dtype=np.int64),

@@ -103,7 +103,6 @@ class Gsm8kBuilder(TaskBuilder):
 
     name = "rljax_gsm8k"
     CONFIG_CLASS = Gsm8kConfig
-    BUILDER_CONFIGS = [Gsm8kConfig()]
 
     def task_features(self):
         return {"rationale": tfds.features.Text()}

@@ -173,7 +173,6 @@ class PreferenceBuilder(TaskBuilder):
     name = "rljax_preferences"
     VERSION = tfds.core.Version("1.1.0")  # 1.1.0: the test split holds test_size whole prompts
     CONFIG_CLASS = PreferenceConfig
-    BUILDER_CONFIGS = [PreferenceConfig()]
 
     def task_features(self):
         text = tfds.features.Text()

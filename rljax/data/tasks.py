@@ -23,11 +23,12 @@ from .builder import SPLITS, VALIDATION, TaskBuilder, TaskConfig
 from .code import CodeBuilder
 from .countdown import CountdownBuilder
 from .gsm8k import Gsm8kBuilder
+from .guess_number import GuessNumberBuilder
 from .two_operand import TwoOperandBuilder
 
 TASKS: dict[str, type[TaskBuilder]] = {
     "arithmetic": ArithmeticBuilder, "countdown": CountdownBuilder, "gsm8k": Gsm8kBuilder,
-    "code": CodeBuilder, "two_operand": TwoOperandBuilder}
+    "code": CodeBuilder, "two_operand": TwoOperandBuilder, "guess_number": GuessNumberBuilder}
 
 
 def default_data_dir() -> str:

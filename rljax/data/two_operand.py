@@ -84,7 +84,6 @@ class TwoOperandBuilder(TaskBuilder):
 
     name = "rljax_two_operand"
     CONFIG_CLASS = TwoOperandConfig
-    BUILDER_CONFIGS = [TwoOperandConfig()]
     HAS_VALIDATION = True
 
     @staticmethod
