@@ -330,6 +330,9 @@ class TokenizerConfig(Section):
 
     kind: str = field("sentencepiece", one_of("sentencepiece", "gguf"))
     vocab_size: int = field(300, at_least(8))
+    # Other `SentencePieceTrainer` options, e.g. split_by_whitespace=False for pieces that span
+    # words (a long fixed system prompt then takes few tokens).
+    options: dict = field({})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,6 +432,32 @@ class MeshConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class EnvSection(Section):
+    """Multi-turn RL against environments (`rljax.envs`), one per task example: `name` among
+    `rljax.envs.games.ENVIRONMENTS`, with `tools` (tool_qa: names in `rljax.envs.games.TOOLS`),
+    at most `max_turns` policy turns of at most rl.sampling.max_new_tokens tokens, and
+    `max_total_tokens` for a whole conversation. `knobs` are the environment's own arguments.
+    The SFT warm start imitates the scripted expert (`rljax.envs.games.demonstration`)."""
+
+    name: str = field("tool_qa")
+    tools: tuple = field(())
+    max_turns: int = field(3, COUNT)
+    max_total_tokens: int = field(256, at_least(2))
+    knobs: dict = field({})
+
+    def problems(self, key: str) -> list[str]:
+        from rljax.envs.games import ENVIRONMENTS, TOOLS
+
+        problems = []
+        if self.name not in ENVIRONMENTS:
+            problems.append(f"{key}.name={self.name!r}: choose one of {sorted(ENVIRONMENTS)}")
+        unknown = [t for t in self.tools if t not in TOOLS]
+        if unknown:
+            problems.append(f"{key}.tools: {unknown} are not tools; choose from {sorted(TOOLS)}")
+        return problems
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig(Section):
     """A whole run (`rljax.train.experiment.run`): data, model, the stages and their plumbing."""
 
@@ -447,6 +476,7 @@ class ExperimentConfig(Section):
     # Write <workdir>/export/ at the end: a Hugging Face model directory (`rljax.train.export`).
     export: bool = field(False)
     preference: PreferenceConfig | None = field(None)  # only the configs with preference stages
+    env: EnvSection | None = field(None)  # only the multi-turn configs
 
     def problems(self, key: str = "") -> list[str]:
         """The checks across sections (each section has checked itself); the mesh is checked
@@ -459,6 +489,8 @@ class ExperimentConfig(Section):
             if context is not None and prompt + extra > context:
                 problems.append(f"data.max_prompt_tokens + {name} = {prompt + extra} exceeds the model's context "
                                 f"model.overrides.max_seq_len={context}: raise it or shorten the prompt/answer")
+        if self.env is not None:
+            problems += self._env_problems(context)
         critic = registry.advantage(self.rl.advantage).needs_critic
         reward_model = self.preference.reward_model if self.preference is not None else None
         if reward_model is not None and reward_model.init_critic and not critic:
@@ -475,6 +507,22 @@ class ExperimentConfig(Section):
                 self.preference.policy.steps or self.preference.reward_model.steps))):
             problems.append("model.lora.rank > 0 adapts the RL stage only: set sft.steps=0 and no preference stages, "
                             "or model.lora.rank=0")
+        return problems
+
+    def _env_problems(self, context: int | None) -> list[str]:
+        env, problems = self.env, []
+        if context is not None and env.max_total_tokens > context:
+            problems.append(f"env.max_total_tokens={env.max_total_tokens} exceeds the model's context "
+                            f"model.overrides.max_seq_len={context}")
+        if self.preference is not None:
+            problems.append("env (multi-turn RL) has no preference stages: drop the preference section")
+        if not self.mesh.one_device:
+            problems.append("env runs roll out on one device for now: leave mesh at data=fsdp=tensor=1")
+        if self.rl.dynamic_sampling:
+            problems.append("rl.dynamic_sampling is for single-turn runs; set it False with env")
+        if registry.advantage(self.rl.advantage).needs_baseline:
+            problems.append(f"rl.advantage={self.rl.advantage!r} needs a greedy baseline rollout, which env runs do "
+                            "not make; choose another advantage")
         return problems
 
 

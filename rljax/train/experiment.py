@@ -41,6 +41,7 @@ from rljax.data.prompts import plain_prompt, plain_target, task_messages
 from rljax.data.sampler import PromptSampler
 from rljax.data.tasks import TASKS, hold_out, load_task
 from rljax.rewards import task_rewards
+from rljax.train import agentic
 from rljax.train import preference as preference_lib
 from rljax.train import preflight
 from rljax.train import reward_model as reward_model_lib
@@ -77,8 +78,12 @@ def build_tokenizer(config: ExperimentConfig, workdir: str):
     prefix = os.path.join(workdir, "tokenizer")
     if not os.path.exists(prefix + ".model"):
         task = config.task
-        texts = tokenizer_corpus(task.name, "train", data_dir=task.data_dir, **task.knobs)
-        tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size)
+        if config.env is not None:  # what the model reads and writes: the expert's conversations
+            texts = agentic.demonstration_corpus(config.env, load_task(task.name, "train", task.data_dir, **task.knobs))
+        else:
+            texts = tokenizer_corpus(task.name, "train", data_dir=task.data_dir, **task.knobs)
+        tokenizers.train_sentencepiece(texts, prefix, vocab_size=config.tokenizer.vocab_size,
+                                       **config.tokenizer.options)
     return tokenizers.SentencePieceTokenizer(prefix + ".model")
 
 
@@ -170,6 +175,29 @@ class Context(NamedTuple):
         return NonFiniteGuard(self.config.faults.max_consecutive_nonfinite)
 
 
+class Rollouts(NamedTuple):
+    """How a run samples from its policy: collect(params, sampler, key, policy_version) -> (a
+    `TrajectoryBatch`, metrics), one RL iteration's; evaluate(params, examples) -> greedy
+    evaluation metrics."""
+
+    collect: Callable
+    evaluate: Callable
+
+
+def rollouts(ctx: Context, reward_model: Callable | None = None) -> Rollouts:
+    """Multi-turn conversations with the `env` section's environments, or single-turn prompts
+    scored by the task's rewards (or by a learned `reward_model`, (tokens, mask) -> [B])."""
+    c = ctx.config
+    if c.env is not None:
+        envs = agentic.EnvCollector(ctx.cfg, ctx.tokenizer, c.env, c.rl)
+        return Rollouts(lambda params, sampler, key, version: envs.collect(params, sampler, key, version),
+                        lambda params, examples: envs.evaluate(params, examples, c.eval.batch_size))
+    prompts = Collector(ctx.cfg, ctx.tokenizer, *task_rewards(c.task.name, c.task.answer_format),
+                        c.data.max_prompt_tokens, c.rl, reward_model=reward_model, mesh=ctx.mesh)
+    return Rollouts(lambda params, sampler, key, version: prompts.collect(params, sampler, ctx.prompt_fn, key, version),
+                    lambda params, examples: evaluate(prompts, params, examples, ctx.prompt_fn, c.eval.batch_size))
+
+
 # -- stages ---------------------------------------------------------------------------------------
 def run_sft(ctx: Context, params, key) -> tuple[Any, dict]:
     """Supervised warm start on (prompt, answer + EOS) pairs of the training split."""
@@ -183,13 +211,16 @@ def run_sft(ctx: Context, params, key) -> tuple[Any, dict]:
                       prefix="sft/")
     length = data.max_prompt_tokens + data.max_answer_tokens
 
-    def body(state, it):
-        examples = sampler.next_batch(sft.batch_size)
+    def batch(examples) -> dict:
+        if ctx.config.env is not None:  # multi-turn: imitate the scripted expert's conversations
+            return agentic.demonstration_batch(tokenizer, ctx.config.env, examples)
         prompts = [tokenizer.encode(plain_prompt(e)) for e in examples]
         answers = [tokenizer.encode(plain_target(e)) + [tokenizer.eos_id] for e in examples]
         tokens, mask, loss_mask = pad_sft(prompts, answers, pad_id=tokenizer.pad_id, length=length)
-        return step(state, {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask},
-                    jax.random.fold_in(key, it))
+        return {"tokens": tokens, "attention_mask": mask, "loss_mask": loss_mask}
+
+    def body(state, it):
+        return step(state, batch(sampler.next_batch(sft.batch_size)), jax.random.fold_in(key, it))
 
     t0 = time.perf_counter()
     state = stage.run(body, guard=ctx.guard(), progress_keys=("sft/loss",))
@@ -294,7 +325,6 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
     the jitted learner (`rljax.train.learner.Learner.learn`) through the mesh step.
     `start_metrics`, the evaluation of the starting policy, is logged before iteration 0."""
     config, rl = ctx.config, ctx.config.rl
-    reward_fns, reward_weights = task_rewards(config.task.name, config.task.answer_format)
     rm = config.preference.reward_model if config.preference is not None else None
     critic_cfg = critic_params = None
     if rm is not None and rm.init_critic:  # PPO's critic starts as a copy of the reward model (InstructGPT)
@@ -302,7 +332,8 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
         critic_params = reward_model_lib.critic_from_reward_model(critic_cfg, reward_model[1])
     networks = Networks(ctx.cfg, critic_cfg)
     optimizer = rl.optim.make(rl.steps * rl.updates_per_rollout)
-    learner = Learner(networks, rl, optimizer, norm_len=rl.sampling.max_new_tokens)
+    turns = config.env.max_turns if config.env is not None else 1
+    learner = Learner(networks, rl, optimizer, norm_len=turns * rl.sampling.max_new_tokens)
     # The frozen reference is the policy at the start of RL: a copy, since the learner donates
     # (and so invalidates) the buffers of the params it updates.
     state_key, key = jax.random.split(key)
@@ -313,12 +344,9 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
     nbytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))  # noqa: E731
     info = {"trainable_params": models.count_params(state.params), "frozen_params": models.count_params(state.frozen),
             "optimizer_state_bytes": nbytes(state.opt_state)}
-    learned = None
-    if rm is not None and rm.use_in_rl:
-        learned = reward_model_lib.reward_function(*reward_model)
-    collector = Collector(ctx.cfg, ctx.tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens, rl,
-                          reward_model=learned, mesh=ctx.mesh)
     sampler = PromptSampler(ctx.splits.train, seed=config.seed + 1)
+    learned = reward_model_lib.reward_function(*reward_model) if rm is not None and rm.use_in_rl else None
+    collect = rollouts(ctx, learned).collect
     state = step.place_state(state)
     if ctx.mesh.devices.flat[0].platform in ("gpu", "tpu"):  # the HBM preflight: stop now rather than die at step 1
         preflight.check_rl_memory(step, state, preflight.batch_like(rl, config.data.max_prompt_tokens),
@@ -334,8 +362,8 @@ def run_rl(ctx: Context, params, evaluate_policy: Callable, key, reward_model=No
     def body(state, it):
         key_it = jax.random.fold_in(key, it)
         t0 = time.perf_counter()
-        batch, metrics = collector.collect(networks.generation_params(state.params, state.frozen), sampler,
-                                           ctx.prompt_fn, key_it, policy_version=int(state.step))
+        batch, metrics = collect(networks.generation_params(state.params, state.frozen), sampler, key_it,
+                                 int(state.step))
         t1 = time.perf_counter()
         state, learn_metrics = step(state, batch, jax.random.fold_in(key_it, 1 << 20))
         jax.block_until_ready(state)  # the iteration's train time, not its dispatch
@@ -387,13 +415,10 @@ def _run(config: ExperimentConfig, workdir: str, preemption: Preemption) -> dict
         params, info = run_sft(ctx, params, k_sft)
         results.update(info)
     # Greedy evaluation: the validation split during training, the test split once at the end.
-    reward_fns, reward_weights = task_rewards(config.task.name, config.task.answer_format)
-    evaluator = Collector(cfg, tokenizer, reward_fns, reward_weights, config.data.max_prompt_tokens, config.rl,
-                          mesh=mesh)
-    batch = config.eval.batch_size
+    evaluator = rollouts(ctx)
 
     def evaluate_on(examples):
-        return lambda p: evaluate(evaluator, p, examples, ctx.prompt_fn, batch)
+        return lambda p: evaluator.evaluate(p, examples)
 
     validate = evaluate_on(splits.validation)
     test = [splits.test[i] for i in range(min(config.eval.num_examples, len(splits.test)))]

@@ -92,3 +92,17 @@ class TrajectoryBatch:
                              np.concatenate([no_loss.astype(np.float32), logprobs], 1), rewards, group_size,
                              policy_version, baseline=baseline)
 
+    @classmethod
+    def from_trajectories(cls, traj, group_size: int, policy_version: int = 0,
+                          turn_rewards: bool = False) -> "TrajectoryBatch":
+        """The batch of a multi-turn rollout (`rljax.envs.rollout`'s `Trajectories`, B rows in
+        groups of `group_size`): its token stream as is, the loss on the sampled tokens only.
+        With `turn_rewards`, each turn's reward sits on that turn's last sampled token (for a
+        per-token advantage such as GAE); otherwise the whole reward on the row's last one."""
+        token_rewards = None
+        if turn_rewards:
+            token_rewards = np.zeros(traj.tokens.shape, np.float32)
+            rows, turns = np.nonzero(traj.turn_ends >= 0)
+            np.add.at(token_rewards, (rows, traj.turn_ends[rows, turns]), traj.turn_rewards[rows, turns])
+        return cls.from_rows(traj.tokens, traj.mask, traj.loss_mask, traj.logprobs, traj.rewards, group_size,
+                             policy_version, token_rewards=token_rewards)
