@@ -92,7 +92,7 @@ class ChatBridge:
         first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
         if first is None or first == 0:
             raise ValueError("a demonstration needs opening messages and then at least one assistant reply")
-        ids, loss, stop = self.opening(messages[:first]), [], self.end_of_turn()
+        ids, stop = self.opening(messages[:first]), self.end_of_turn()
         loss = [False] * len(ids)
         i = first
         while i < len(messages):

@@ -136,8 +136,9 @@ def extend(cfg: ModelConfig, params: dict, cache: Cache, tokens: jax.Array, mask
       the rest: as `generate` (num_samples is 1: a conversation is one row).
     Returns:
       (the reply as a `Generation` of [B, N] arrays, the cache). The cache then holds the
-      appended tokens and every sampled token but the last of each row that did not stop at an
-      EOS: the caller appends that one with the next turn's tokens.
+      appended tokens and the sampled ones, except the last token of each row that was still
+      sampling when the loop ended (its n tokens = num_steps): the caller appends that one with
+      the next turn's tokens.
     """
     tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
     rows, slots = cache["mask"].shape
@@ -289,8 +290,6 @@ def _repeat_rows(cache: Cache, n: int) -> Cache:
             if "batch" in CACHE_AXES[name] else x for name, x in cache.items()}
 
 
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids",
                                              "num_samples", "pad_id"),
                    compiler_options=_COMPILER_OPTIONS)
@@ -321,10 +320,10 @@ def _decode(model: Transformer, params, cache: Cache, logits, position, done, ke
     `position` [R] the next RoPE position), then feeds each sampled token back through the cached
     model; a row stops at an EOS or after `max_steps` tokens (an int, or a traced [R] budget per
     row, each <= `max_new_tokens`), and the loop when every row is `done` ([R] bool at the start:
-    rows that take no part, whose outputs are padding). Returns the
-    `Generation` and the cache, which holds every fed token; a token sampled after its row's EOS
-    is fed as padding (cache mask False), so the cache can be continued (`extend`). The last
-    sampled token of a row that did not stop early is not fed."""
+    rows that take no part, whose outputs are padding). Returns the `Generation` and the cache,
+    which holds every fed token; a token sampled after its row's EOS is fed as padding (cache
+    mask False), so the cache can be continued (`extend`). The last sampled token of each row is
+    fed only if the loop ran on after it."""
     rows, n_new = logits.shape[0], max_new_tokens
 
     def record(out: Generation, logits, done):

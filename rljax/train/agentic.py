@@ -22,6 +22,7 @@ from rljax.data.sampler import PromptSampler
 from rljax.envs.games import demonstration, make_env
 from rljax.models.config import ModelConfig
 from rljax.train.config import EnvSection, RLConfig
+from rljax.train.rollout import informative_groups
 from rljax.train.trajectories import TrajectoryBatch
 
 
@@ -72,7 +73,7 @@ class EnvCollector:
         batch = TrajectoryBatch.from_trajectories(traj, rl.group_size, policy_version)
         grouped = traj.rewards.reshape(rl.prompts_per_step, rl.group_size)
         metrics = {**{f"env/{k}": v for k, v in traj.metrics.items()}, "sampling_rounds": 1,
-                   "informative_group_frac": float((np.ptp(grouped, axis=1) > 0).mean())}
+                   "informative_group_frac": float(informative_groups(grouped).mean())}
         return batch, metrics
 
     def evaluate(self, params, examples: Sequence[Mapping], batch_size: int) -> dict[str, float]:
