@@ -33,11 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 import numpy as np
 
-from rljax import generate
+from jax.sharding import Mesh
+
+from rljax import generate, sharding
 from rljax.envs.base import Env, Step
 from rljax.envs.chat import ChatBridge
 from rljax.models.config import ModelConfig
-from rljax.sharding import to_host
+from rljax.sharding import GENERATION_RULES, on_mesh, place_rows, to_host
 
 # The cache grows in steps of this many slots (a few compiled shapes, little attention to spare).
 SLOT_BUCKET = 64
@@ -127,7 +129,7 @@ def _safe_step(env: Env, reply: str) -> tuple[Step | None, str | None]:
 def rollout(cfg: ModelConfig, params: dict, tokenizer, environments: Sequence[Env], key: jax.Array, *,
             max_turns: int, max_new_tokens: int, max_total_tokens: int, temperature: float = 1.0, top_k: int = 0,
             top_p: float = 1.0, append_bucket: int = 16, cache_slots: int | None = None,
-            max_workers: int = 32) -> Trajectories:
+            max_workers: int = 32, mesh: Mesh | None = None) -> Trajectories:
     """Runs every environment's conversation with the policy to its end (see the module docstring).
 
     Args:
@@ -143,7 +145,12 @@ def rollout(cfg: ModelConfig, params: dict, tokenizer, environments: Sequence[En
       cache_slots: the shared cache's length; default max_total_tokens + max_turns ·
         (append_bucket + max_new_tokens).
       max_workers: threads stepping environments at once.
+      mesh: the devices to sample on (default: the first device). On a mesh the rows, and the
+        cache with them, are split over its data-parallel axes; `params` must already be placed
+        on it (e.g. `sharding.to_generation_layout`). Every process of a multi-process run calls
+        `rollout` alike: each reads the whole outputs and steps every environment.
     """
+    mesh = mesh if mesh is not None else sharding.one_device_mesh()
     max_turns, max_new_tokens = _checked_count("max_turns", max_turns, 1), _checked_count("max_new_tokens",
                                                                                           max_new_tokens, 1)
     max_total_tokens = _checked_count("max_total_tokens", max_total_tokens, 2)
@@ -191,11 +198,14 @@ def rollout(cfg: ModelConfig, params: dict, tokenizer, environments: Sequence[En
                                if not r.finished else 1 for r in rows])
             t0 = time.perf_counter()
             needed = min(-(-(used + width + int(budget.max()) - 1) // SLOT_BUCKET) * SLOT_BUCKET, slots)
-            cache = (generate.new_cache(cfg, len(rows), needed) if cache is None
-                     else generate.grow_cache(cache, max(needed, cache["mask"].shape[1])))
-            gen, cache = generate.extend(cfg, params, cache, tokens, mask, jax.random.fold_in(key, turn),
-                                         max_new_tokens, temperature, top_k, top_p, tuple(eos), active=active,
-                                         max_steps=budget, pad_id=tokenizer.pad_id)
+            with on_mesh(mesh, GENERATION_RULES):
+                cache = (generate.new_cache(cfg, len(rows), needed) if cache is None
+                         else generate.grow_cache(cache, max(needed, cache["mask"].shape[1])))
+                gen, cache = generate.extend(cfg, params, cache, place_rows(tokens, mesh), place_rows(mask, mesh),
+                                             jax.random.fold_in(key, turn), max_new_tokens, temperature, top_k, top_p,
+                                             tuple(eos), active=place_rows(active, mesh),
+                                             max_steps=place_rows(budget.astype(np.int32), mesh),
+                                             pad_id=tokenizer.pad_id)
             out_tokens, out_mask, out_logprobs, steps = to_host((gen.tokens, gen.mask, gen.logprobs, gen.num_steps))
             t_decode += time.perf_counter() - t0
             used += width + int(steps) - 1

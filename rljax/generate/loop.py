@@ -140,22 +140,29 @@ def extend(cfg: ModelConfig, params: dict, cache: Cache, tokens: jax.Array, mask
       sampling when the loop ended (its n tokens = num_steps): the caller appends that one with
       the next turn's tokens.
     """
-    tokens, mask = jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, bool)
     rows, slots = cache["mask"].shape
-    active = jnp.ones((rows,), bool) if active is None else jnp.asarray(active, bool)
+    active = np.ones((rows,), bool) if active is None else active
+    max_steps = np.full((rows,), max_new_tokens, np.int32) if max_steps is None else max_steps
     if not _is_count(max_new_tokens, 1):
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    budget = np.broadcast_to(np.asarray(max_new_tokens if max_steps is None else max_steps), (rows,))
-    if tokens.ndim != 2 or tokens.shape[0] != rows or mask.shape != tokens.shape or active.shape != (rows,):
+    # Checked on host copies (whole on every process, for arrays placed on a mesh).
+    host_mask, host_active, budget = (np.asarray(to_host(x)) for x in (mask, active, max_steps))
+    budget = np.broadcast_to(budget, (rows,))
+    if (np.ndim(tokens) != 2 or np.shape(tokens)[0] != rows or host_mask.shape != np.shape(tokens)
+            or host_active.shape != (rows,)):
         raise ValueError(f"tokens and mask must be [B, A] and active [B] for the cache's B={rows} rows; got "
-                         f"{tokens.shape}, {mask.shape} and {active.shape}")
+                         f"{np.shape(tokens)}, {host_mask.shape} and {host_active.shape}")
     if not np.issubdtype(budget.dtype, np.integer) or budget.min() < 1 or budget.max() > max_new_tokens:
         raise ValueError(f"max_steps must be integers in [1, max_new_tokens={max_new_tokens}], got {max_steps!r}")
-    if not np.all(np.asarray(mask)[:, -1] | ~np.asarray(active)):
+    if not np.all(host_mask[:, -1] | ~host_active.astype(bool)):
         raise ValueError("the new tokens must be left-padded: mask[:, -1] is False in an active row")
+    if np.ndim(max_steps) == 0:
+        max_steps = budget
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
-    return _extend(params, cache, tokens, mask, active, key, jnp.asarray(budget, jnp.int32), cfg=cfg,
-                   max_new_tokens=max_new_tokens, sampling=sampling, eos_ids=tuple(eos_ids), pad_id=pad_id)
+    return _extend(params, cache, *(_as_input(x, dtype) for x, dtype in ((tokens, jnp.int32), (mask, bool),
+                                                                          (active, bool))),
+                   key, _as_input(max_steps, jnp.int32), cfg=cfg, max_new_tokens=max_new_tokens, sampling=sampling,
+                   eos_ids=tuple(eos_ids), pad_id=pad_id)
 
 
 def new_cache(cfg: ModelConfig, batch_size: int, slots: int) -> Cache:

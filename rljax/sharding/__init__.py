@@ -26,7 +26,7 @@ Typical use:
     host_logits = sharding.to_host(logits)            # whole, on every process
 """
 
-from rljax.sharding.hosts import any_process, initialize_distributed, process_0_first, to_host
+from rljax.sharding.hosts import any_process, initialize_distributed, place, place_rows, process_0_first, to_host
 from rljax.sharding.mesh import (
     GENERATION_RULES,
     MESH_AXES,
@@ -37,6 +37,7 @@ from rljax.sharding.mesh import (
     logical_to_sharding,
     logical_to_spec,
     make_mesh,
+    on_mesh,
     one_device_mesh,
     resolve_mesh_axes,
     use_mesh,

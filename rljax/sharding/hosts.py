@@ -1,19 +1,24 @@
 """Several processes (one per host) running one SPMD program: joining the multi-process runtime
 (`initialize_distributed`), and what every process runs in step on values each sees only in part.
 
-`to_host` gives each process the whole of an array that spans them all, `any_process` a decision
-they share, and `process_0_first` orders the writing of files they read. On one process each is
-its plain single-process counterpart.
+`to_host` gives each process the whole of an array that spans them all, `place` and
+`place_rows` build global arrays from the host values every process holds, `any_process` is a
+decision they share, and `process_0_first` orders the writing of files they read. On one
+process each is its plain single-process counterpart.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+
+from rljax.sharding.mesh import RULES, Rules, batch_sharding
 
 T = TypeVar("T")
 
@@ -113,3 +118,35 @@ def process_0_first(name: str, fn: Callable[[], T]) -> T:
     result = fn() if jax.process_index() == 0 else None
     multihost_utils.sync_global_devices(name)
     return result if jax.process_index() == 0 else fn()
+
+
+def place(tree: Any, shardings: Any) -> Any:
+    """`tree` (host arrays, arrays on this process's devices, or global arrays that already span
+    the mesh, all with their global shapes) placed on `shardings`.
+
+    On one process this is `jax.device_put`. On several, a global array (one that spans other
+    processes' devices: sharded params, a generated batch) is resharded on the devices
+    (`jax.device_put`), since no process can read it whole. From any other value each process
+    builds its part of the global array from its own copy (`jax.make_array_from_callback`): only
+    the shards of its own devices are transferred, and no cross-process check of the values runs,
+    so every process must pass the same values. There, keys must be raw uint32 key data
+    (`jax.random.PRNGKey`, as rljax's loops make them), not typed `jax.random.key` arrays.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, s):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, s)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def place_rows(x: Any, mesh: Mesh, rules: Rules = RULES) -> jax.Array:
+    """A [B, ...] array (host values, the same on every process) on `mesh`, B split over the
+    data-parallel axes that divide it; on a one-device mesh `jnp.asarray(x)`, as before meshes."""
+    if mesh.size == 1:
+        return jnp.asarray(x)
+    return place(x, batch_sharding(mesh, np.ndim(x), batch_size=np.shape(x)[0], rules=rules))

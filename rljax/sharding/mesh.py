@@ -192,3 +192,15 @@ def use_mesh(mesh: Mesh, rules: Rules = RULES) -> Iterator[Mesh]:
     """
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield mesh
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: Mesh, rules: Rules = RULES):
+    """`sharding.use_mesh(mesh)`, the context in which to trace model functions for `mesh`; on a
+    one-device mesh no context, so those functions compile as they did before meshes. Also a
+    decorator: `on_mesh(mesh)(jax.jit(f))` traces and runs f in the context."""
+    if mesh.size == 1:
+        yield mesh
+    else:
+        with use_mesh(mesh, rules):
+            yield mesh

@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 import jax
 import numpy as np
 
-from rljax import envs
+from jax.sharding import Mesh
+
+from rljax import envs, sharding
 from rljax.data.batching import pad_left
 from rljax.data.tokenizers import CHATML_TEMPLATE, render_chat_template
 from rljax.data.sampler import PromptSampler
@@ -53,17 +55,22 @@ def demonstration_corpus(env: EnvSection, examples: Sequence[Mapping], size: int
 
 
 class EnvCollector:
-    """Rollouts of an `env` run. rl: the RL section (prompts_per_step P, group_size G, sampling)."""
+    """Rollouts of an `env` run. rl: the RL section (prompts_per_step P, group_size G, sampling);
+    mesh: the run's devices (default: this process's first device)."""
 
-    def __init__(self, cfg: ModelConfig, tokenizer, env: EnvSection, rl: RLConfig):
+    def __init__(self, cfg: ModelConfig, tokenizer, env: EnvSection, rl: RLConfig, mesh: Mesh | None = None):
         self.cfg, self.tokenizer, self.env, self.rl = cfg, tokenizer, env, rl
+        self.mesh = mesh if mesh is not None else sharding.one_device_mesh()
 
     def rollout(self, params, examples: Sequence[Mapping], key, copies: int, temperature: float) -> envs.Trajectories:
         s = self.rl.sampling
+        if self.mesh.size > 1:  # one all-gather per rollout instead of one per generated token
+            params = sharding.to_generation_layout(self.cfg, params, self.mesh)
         return envs.rollout(self.cfg, params, self.tokenizer, environments(self.env, examples, copies), key,
                             max_turns=self.env.max_turns, max_new_tokens=s.max_new_tokens,
                             max_total_tokens=self.env.max_total_tokens, temperature=temperature,
-                            top_k=s.top_k if temperature else 0, top_p=s.top_p if temperature else 1.0)
+                            top_k=s.top_k if temperature else 0, top_p=s.top_p if temperature else 1.0,
+                            mesh=self.mesh)
 
     def collect(self, params, sampler: PromptSampler, key, policy_version: int = 0) -> tuple[TrajectoryBatch, dict]:
         """P groups of G conversations as a host `TrajectoryBatch`, and the rollout's metrics."""

@@ -516,8 +516,6 @@ class ExperimentConfig(Section):
                             f"model.overrides.max_seq_len={context}")
         if self.preference is not None:
             problems.append("env (multi-turn RL) has no preference stages: drop the preference section")
-        if not self.mesh.one_device:
-            problems.append("env runs roll out on one device for now: leave mesh at data=fsdp=tensor=1")
         if self.rl.dynamic_sampling:
             problems.append("rl.dynamic_sampling is for single-turn runs; set it False with env")
         if registry.advantage(self.rl.advantage).needs_baseline:

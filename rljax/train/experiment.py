@@ -189,7 +189,7 @@ def rollouts(ctx: Context, reward_model: Callable | None = None) -> Rollouts:
     scored by the task's rewards (or by a learned `reward_model`, (tokens, mask) -> [B])."""
     c = ctx.config
     if c.env is not None:
-        envs = agentic.EnvCollector(ctx.cfg, ctx.tokenizer, c.env, c.rl)
+        envs = agentic.EnvCollector(ctx.cfg, ctx.tokenizer, c.env, c.rl, ctx.mesh)
         return Rollouts(lambda params, sampler, key, version: envs.collect(params, sampler, key, version),
                         lambda params, examples: envs.evaluate(params, examples, c.eval.batch_size))
     prompts = Collector(ctx.cfg, ctx.tokenizer, *task_rewards(c.task.name, c.task.answer_format),

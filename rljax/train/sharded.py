@@ -33,7 +33,8 @@ TPU topology (`experiments/aot_compile.py`, the HBM preflight of `rljax.train.pr
 
 The stages of `rljax.train.experiment` call a `MeshStep`: the plain
 jitted step on one device, this sharded one on more, behind one signature; `place_rows` and
-`on_mesh` place their host batches and trace their model functions on the same mesh.
+`on_mesh` (from `rljax.sharding`, re-exported here) place their host batches and trace their
+model functions on the same mesh.
 
 Several processes (`rljax.sharding.initialize_distributed`): every process runs the same calls
 with the same global (not per-process) host values; `place_*` copies to each process's devices
@@ -43,17 +44,15 @@ only the shards they hold, and reshards on the devices the global arrays no proc
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rljax import sharding
-from rljax.sharding import RULES, Rules
+from rljax.sharding import RULES, Rules, on_mesh, place, place_rows  # noqa: F401 - re-exported
 from rljax.train.state import TrainState
 from rljax.train.steps import Batch, Step
 
@@ -103,30 +102,6 @@ def batch_shardings(batch: Any, mesh: Mesh, rules: Rules = RULES) -> Any:
     rather than refused)."""
     return jax.tree.map(lambda x: sharding.batch_sharding(mesh, np.ndim(x), batch_size=np.shape(x)[0], rules=rules),
                         batch)
-
-
-def place(tree: Any, shardings: Any) -> Any:
-    """`tree` (host arrays, arrays on this process's devices, or global arrays that already span
-    the mesh, all with their global shapes) placed on `shardings`.
-
-    On one process this is `jax.device_put`. On several, a global array (one that spans other
-    processes' devices: sharded params, a generated batch) is resharded on the devices
-    (`jax.device_put`), since no process can read it whole. From any other value each process
-    builds its part of the global array from its own copy (`jax.make_array_from_callback`): only
-    the shards of its own devices are transferred, and no cross-process check of the values runs,
-    so every process must pass the same values. There, keys must be raw uint32 key data
-    (`jax.random.PRNGKey`, as rljax's loops make them), not typed `jax.random.key` arrays.
-    """
-    if jax.process_count() == 1:
-        return jax.device_put(tree, shardings)
-
-    def put(x, s):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return jax.device_put(x, s)
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
-
-    return jax.tree.map(put, tree, shardings)
 
 
 @dataclass(frozen=True)
@@ -224,21 +199,3 @@ class MeshStep:
         return self._sharded
 
 
-def place_rows(x: Any, mesh: Mesh, rules: Rules = RULES) -> jax.Array:
-    """A [B, ...] array (host values, the same on every process) on `mesh`, B split over the
-    data-parallel axes that divide it; on a one-device mesh `jnp.asarray(x)`, as before meshes."""
-    if mesh.size == 1:
-        return jnp.asarray(x)
-    return place(x, sharding.batch_sharding(mesh, np.ndim(x), batch_size=np.shape(x)[0], rules=rules))
-
-
-@contextlib.contextmanager
-def on_mesh(mesh: Mesh, rules: Rules = RULES):
-    """`sharding.use_mesh(mesh)`, the context in which to trace model functions for `mesh`; on a
-    one-device mesh no context, so those functions compile as they did before meshes. Also a
-    decorator: `on_mesh(mesh)(jax.jit(f))` traces and runs f in the context."""
-    if mesh.size == 1:
-        yield mesh
-    else:
-        with sharding.use_mesh(mesh, rules):
-            yield mesh
