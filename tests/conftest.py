@@ -68,3 +68,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """rljax's tokenizer of the embedded SmolLM2-135M-Instruct GGUF."""
+    from rljax.models.gguf import load_gguf_tokenizer, smollm2_gguf_path
+
+    return load_gguf_tokenizer(smollm2_gguf_path())
+
+
+@pytest.fixture(scope="session")
+def hf_smollm2_tokenizer():
+    """transformers' tokenizer of the same GGUF (for parity tests)."""
+    transformers = pytest.importorskip("transformers")
+    from rljax.models.gguf import smollm2_gguf_path
+
+    directory, name = os.path.split(smollm2_gguf_path())
+    return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)

@@ -1,13 +1,11 @@
 """Tokenizers: SentencePiece training and round trips; the GGUF BPE tokenizer and chat template
 against transformers on the real SmolLM2 file."""
 
-import os
 import random
 
 import pytest
 
 from rljax.data import tokenizers as tk
-from rljax.models.gguf import load_gguf_tokenizer, smollm2_gguf_path
 
 # Seen in training: lowercase English words, digits and light punctuation. Everything else in
 # ROUND_TRIP (accents, CJK, emoji, tabs, runs of spaces) has to go through byte fallback.
@@ -143,31 +141,19 @@ CHATS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return load_gguf_tokenizer(smollm2_gguf_path())
-
-
-@pytest.fixture(scope="module")
-def hf_smollm2():
-    transformers = pytest.importorskip("transformers")
-    directory, name = os.path.split(smollm2_gguf_path())
-    return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=name)
-
-
 @pytest.mark.slow
-def test_gguf_special_ids(smollm2):
-    assert smollm2.vocab_size == 49152
-    assert (smollm2.bos_id, smollm2.eos_id, smollm2.pad_id) == (1, 2, 2)  # <|im_start|>, <|im_end|>
-    assert smollm2.eos_ids == (2, 0)  # <|im_end|>, then <|endoftext|>
+def test_gguf_special_ids(smollm2_tokenizer):
+    assert smollm2_tokenizer.vocab_size == 49152
+    assert (smollm2_tokenizer.bos_id, smollm2_tokenizer.eos_id, smollm2_tokenizer.pad_id) == (1, 2, 2)  # <|im_start|>, <|im_end|>
+    assert smollm2_tokenizer.eos_ids == (2, 0)  # <|im_end|>, then <|endoftext|>
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("text", BPE_TEXTS)
-def test_gguf_bpe_matches_transformers(smollm2, hf_smollm2, text):
-    ids = smollm2.encode(text)
-    assert ids == hf_smollm2.encode(text, add_special_tokens=False)
-    assert smollm2.decode(ids) == text == hf_smollm2.decode(ids)
+def test_gguf_bpe_matches_transformers(smollm2_tokenizer, hf_smollm2_tokenizer, text):
+    ids = smollm2_tokenizer.encode(text)
+    assert ids == hf_smollm2_tokenizer.encode(text, add_special_tokens=False)
+    assert smollm2_tokenizer.decode(ids) == text == hf_smollm2_tokenizer.decode(ids)
 
 
 @pytest.mark.slow
@@ -176,21 +162,21 @@ def test_gguf_bpe_matches_transformers(smollm2, hf_smollm2, text):
     ("\n\n42", ["ĊĊ", "4", "2"]),
     ("1. one\n\n2.", ["1", ".", "Ġone", "ĊĊ", "2", "."]),
 ])
-def test_gguf_bpe_whitespace_before_digits(smollm2, text, pieces):
+def test_gguf_bpe_whitespace_before_digits(smollm2_tokenizer, text, pieces):
     # SmolLM2's pre-tokenizer splits digits off first, then applies GPT-2's regex, so a run of
     # whitespace before a digit stays one pre-token ("ĠĠ"). This is llama.cpp's "smollm" split and
     # the model's own tokenizer.json (Digits + ByteLevel). transformers (5.23) has no "smollm"
     # entry in its GGUF converter and falls back to GPT-2's regex alone, which cuts such a run
     # into single spaces ("Ġ", "Ġ"): the one place the two differ, so it is pinned here.
-    assert [smollm2.id_to_token(i) for i in smollm2.encode(text)] == pieces
+    assert [smollm2_tokenizer.id_to_token(i) for i in smollm2_tokenizer.encode(text)] == pieces
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("chat", CHATS, ids=["no-system", "system"])
 @pytest.mark.parametrize("add_generation_prompt", [True, False])
-def test_gguf_chat_template_matches_transformers(smollm2, hf_smollm2, chat, add_generation_prompt):
-    ours = smollm2.apply_chat_template(chat, add_generation_prompt=add_generation_prompt)
-    theirs = hf_smollm2.apply_chat_template(chat, tokenize=False,
+def test_gguf_chat_template_matches_transformers(smollm2_tokenizer, hf_smollm2_tokenizer, chat, add_generation_prompt):
+    ours = smollm2_tokenizer.apply_chat_template(chat, add_generation_prompt=add_generation_prompt)
+    theirs = hf_smollm2_tokenizer.apply_chat_template(chat, tokenize=False,
                                             add_generation_prompt=add_generation_prompt)
     assert ours == theirs
     assert ours.startswith("<|im_start|>system\n")  # SmolLM2 adds its default system prompt

@@ -10,11 +10,6 @@ from rljax import models
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer():
-    return models.load_gguf_tokenizer(models.gguf.smollm2_gguf_path())
-
-
-@pytest.fixture(scope="session")
 def chatty_policy(smollm2_tokenizer):
     cfg = models.get_config("tiny", vocab_size=smollm2_tokenizer.vocab_size, max_seq_len=512)
     params = models.init(cfg, jax.random.PRNGKey(0))
