@@ -290,3 +290,29 @@ def test_greedy_continuation_of_smollm2_equals_transformers():
                           pad_token_id=tok.pad_id)[:, width:].numpy()
     ref = np.pad(ref, ((0, 0), (0, n_new - ref.shape[1])), constant_values=tok.pad_id)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
+
+
+def test_the_nucleus_threshold_is_the_sorted_cumulative_one():
+    """`nucleus_threshold` (bisection, no sort) against top-p by sorting, in float64, on skewed,
+    flat and tied logit rows; rows whose cumulative mass comes within 1e-5 of p at the boundary
+    are left out (float32 and float64 sums may then round to different sides)."""
+    from rljax.generate.sampling import nucleus_threshold
+
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(0, scale, 500) for scale in (0.1, 1.0, 4.0, 12.0) for _ in range(25)]
+    rows += [np.round(rng.normal(0, 2, 500)) for _ in range(25)]  # many exact ties
+    z = np.asarray(rows, np.float32)
+    checked = 0
+    for top_p in (0.3, 0.9, 0.99):
+        got = np.asarray(nucleus_threshold(jnp.asarray(z), top_p))[:, 0]
+        for row, threshold in zip(z.astype(np.float64), got):
+            p = np.exp(row - row.max())
+            p /= p.sum()
+            order = np.argsort(-row, kind="stable")
+            before = np.cumsum(p[order]) - p[order]
+            if np.min(np.abs(np.cumsum(p[order]) - top_p)) < 1e-5:
+                continue
+            expected = row[order][before < top_p].min()
+            assert threshold == np.float32(expected), (top_p, threshold, expected)
+            checked += 1
+    assert checked > 300

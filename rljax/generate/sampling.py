@@ -27,8 +27,7 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class Sampling:
     """The sampling controls; frozen and hashable, so a compiled sampler is specialised to them
-    (a disabled filter costs nothing, and the full-vocabulary sort of top-p is only paid when
-    top-p is on)."""
+    (a disabled filter costs nothing, and top-p's bisection is only paid when top-p is on)."""
 
     temperature: float = 1.0
     top_k: int = 0  # 0: off
@@ -66,21 +65,47 @@ def sampling_logits(logits: jax.Array, sampling: Sampling) -> jax.Array:
     vocab = z.shape[-1]
     top_k = sampling.top_k if 0 < sampling.top_k < vocab else 0
     keep = None
-    if top_k or sampling.top_p < 1:
-        # The candidates in descending order: the top k, or the whole vocabulary for top-p alone.
-        ranked = jax.lax.top_k(z, top_k)[0] if top_k else jnp.flip(jnp.sort(z, axis=-1), axis=-1)
-        n_kept = jnp.full(z.shape[:-1] + (1,), ranked.shape[-1])
-        if sampling.top_p < 1:
-            probs = jax.nn.softmax(ranked, axis=-1)
-            # A token is in the nucleus when the mass strictly before it is below p.
-            mass_before = jnp.cumsum(probs, axis=-1) - probs
-            n_kept = jnp.sum(mass_before < sampling.top_p, axis=-1, keepdims=True)
-        threshold = jnp.take_along_axis(ranked, n_kept - 1, axis=-1)
-        keep = z >= threshold
+    if top_k:
+        keep = z >= jax.lax.top_k(z, top_k)[0][..., -1:]
+    if sampling.top_p < 1:
+        candidates = z if keep is None else jnp.where(keep, z, -jnp.inf)
+        nucleus = candidates >= nucleus_threshold(candidates, sampling.top_p)
+        keep = nucleus if keep is None else keep & nucleus
     if sampling.min_p > 0:
         floor = jnp.max(z, axis=-1, keepdims=True) + math.log(sampling.min_p)
         keep = z >= floor if keep is None else keep & (z >= floor)
     return z if keep is None else jnp.where(keep, z, -jnp.inf)
+
+
+def _sortable(z: jax.Array) -> jax.Array:
+    """float32 -> uint32, monotone: a < b exactly when _sortable(a) < _sortable(b) (no NaNs)."""
+    bits = jax.lax.bitcast_convert_type(z, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def nucleus_threshold(z: jax.Array, top_p: float) -> jax.Array:
+    """The smallest logit of top-p's nucleus: z [B, V] -> [B, 1], exactly the logit at which the
+    descending cumulative mass of softmax(z) first reaches top_p, without sorting V.
+
+    The nucleus is {z >= t} for the largest t whose mass sum(softmax(z)[z >= t]) is still
+    >= top_p (the mass only falls as t rises, so it is found by bisection). The bisection runs
+    over the 2^32 float32 values in their order (`_sortable`), so 32 halvings pin t to one of
+    the logits exactly; each is one masked sum over V, where a sort of V is much slower on CPUs.
+    """
+    probs = jax.nn.softmax(z, axis=-1)
+    keys = _sortable(z)
+    low = jnp.min(keys, axis=-1, keepdims=True)  # invariant: mass(keys >= low) >= top_p
+    high = jnp.max(keys, axis=-1, keepdims=True)
+
+    def halve(_, bounds):
+        low, high = bounds
+        gap = high - low
+        mid = low + (gap >> 1) + (gap & 1)  # the upper middle, without overflowing uint32
+        enough = jnp.sum(jnp.where(keys >= mid, probs, 0.0), axis=-1, keepdims=True) >= top_p
+        return jnp.where(enough, mid, low), jnp.where(enough, high, mid - (gap > 0).astype(jnp.uint32))
+
+    low, _ = jax.lax.fori_loop(0, 32, halve, (low, high))
+    return jnp.min(jnp.where(keys >= low, z, jnp.inf), axis=-1, keepdims=True)
 
 
 def sample(logits: jax.Array, key: jax.Array, sampling: Sampling,
