@@ -97,7 +97,10 @@ def test_robust_dpo_is_unbiased_under_label_flips(h, ls):
     kw = dict(beta=0.5, loss_type="robust", label_smoothing=ls)
     mixed = (1 - ls) * dpo_jit(h, zero, zero, zero, **kw)[0] + ls * dpo_jit(-h, zero, zero, zero, **kw)[0]
     clean = np.mean([-log_sigmoid(0.5 * float(x)) for x in h])
-    np.testing.assert_allclose(mixed, clean, rtol=1e-4, atol=1e-5)
+    # The float32 loss divides terms as large as |βh| by 1 − 2·ls before they cancel, so its
+    # rounding error grows by that factor as ls nears 1/2 (e.g. ls = 0.49, βh = 6.5: 1.3e-5).
+    rounding = 8 * np.finfo(np.float32).eps * (1 + 0.5 * float(np.abs(h).max())) / (1 - 2 * ls)
+    np.testing.assert_allclose(mixed, clean, rtol=1e-4, atol=max(1e-5, rounding))
 
 
 def ref_kto(logp, ref_logp, desirable, z0, beta, wd, wu):
