@@ -174,7 +174,7 @@ def rollout(cfg: ModelConfig, params: dict, tokenizer, environments: Sequence[En
             raise ValueError(f"an opening prompt has {longest} tokens, which leaves no room for a reply in "
                              f"max_total_tokens={max_total_tokens} (cache_slots={slots})")
         cache = None
-        used, t_decode, t_env, turn = 0, 0.0, 0.0, 0
+        used, t_decode, t_env = 0, 0.0, 0.0
         for turn in range(max_turns):
             live = [r for r in rows if not r.finished]
             if not live:

@@ -24,7 +24,7 @@ from rljax.data.sampler import PromptSampler
 from rljax.envs.games import demonstration, make_env
 from rljax.models.config import ModelConfig
 from rljax.train.config import EnvSection, RLConfig
-from rljax.train.rollout import informative_groups
+from rljax.train.rollout import informative_groups, sampling_kwargs
 from rljax.train.trajectories import TrajectoryBatch
 
 
@@ -63,14 +63,11 @@ class EnvCollector:
         self.mesh = mesh if mesh is not None else sharding.one_device_mesh()
 
     def rollout(self, params, examples: Sequence[Mapping], key, copies: int, temperature: float) -> envs.Trajectories:
-        s = self.rl.sampling
         if self.mesh.size > 1:  # one all-gather per rollout instead of one per generated token
             params = sharding.to_generation_layout(self.cfg, params, self.mesh)
         return envs.rollout(self.cfg, params, self.tokenizer, environments(self.env, examples, copies), key,
-                            max_turns=self.env.max_turns, max_new_tokens=s.max_new_tokens,
-                            max_total_tokens=self.env.max_total_tokens, temperature=temperature,
-                            top_k=s.top_k if temperature else 0, top_p=s.top_p if temperature else 1.0,
-                            mesh=self.mesh)
+                            max_turns=self.env.max_turns, max_total_tokens=self.env.max_total_tokens,
+                            mesh=self.mesh, **sampling_kwargs(self.rl.sampling, temperature))
 
     def collect(self, params, sampler: PromptSampler, key, policy_version: int = 0) -> tuple[TrajectoryBatch, dict]:
         """P groups of G conversations as a host `TrajectoryBatch`, and the rollout's metrics."""

@@ -62,12 +62,18 @@ def group_examples(examples: Sequence[Mapping[str, Any]], num_samples: int) -> l
     return [ex for ex in examples for _ in range(num_samples)]
 
 
+def sampling_kwargs(sampling, temperature: float) -> dict:
+    """The sampling controls of `sampling` (`SamplingConfig`) at `temperature`, as `generate` and
+    `rljax.envs.rollout` take them: 0 is greedy, without truncation."""
+    return dict(max_new_tokens=sampling.max_new_tokens, temperature=temperature,
+                top_k=sampling.top_k if temperature else 0, top_p=sampling.top_p if temperature else 1.0)
+
+
 def generation_kwargs(sampling, temperature: float, num_samples: int, eos_ids, pad_id: int) -> dict:
     """`generate`'s keyword arguments for a rollout of `sampling` (`SamplingConfig`) at
     `temperature` (0: greedy, without truncation)."""
-    return dict(max_new_tokens=sampling.max_new_tokens, temperature=temperature,
-                top_k=sampling.top_k if temperature else 0, top_p=sampling.top_p if temperature else 1.0,
-                eos_ids=tuple(eos_ids), num_samples=num_samples, pad_id=pad_id)
+    return dict(**sampling_kwargs(sampling, temperature), eos_ids=tuple(eos_ids), num_samples=num_samples,
+                pad_id=pad_id)
 
 
 class Collector:
