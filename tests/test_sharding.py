@@ -55,7 +55,7 @@ def test_make_mesh_errors(kwargs, message):
     (("embed", "vocab"), (576, 49152), P(None, ("tensor", "fsdp"))),  # the untied head's kernel
     (("vocab", "embed"), (49156, 576), P("tensor", None)),  # 49156 rows: fsdp would not divide them
     (("layers", "embed", "mlp"), (3, 64, 128), P(None, "fsdp", "tensor")),
-    (CACHE_AXES["k"], (2, 8, 32, 2, 16), P(None, ("data", "fsdp"), None, None, None)),
+    (CACHE_AXES["k"], (8, 2, 32, 16), P(("data", "fsdp"), None, None, None)),
     ((), (), P()),
 ])
 def test_logical_to_spec_drops_non_dividing_axes(logical, shape, expected):
@@ -156,7 +156,8 @@ def test_batch_and_cache_shardings():
     shardings = sharding.cache_shardings(cfg, mesh, batch_size=4, max_len=16)
     cache = jax.eval_shape(lambda: models.init_cache(cfg, 4, 16))
     assert jax.tree.structure(shardings) == jax.tree.structure(cache)
-    assert shardings["k"].spec == P(None, ("data", "fsdp"), None, "tensor", None)
+    assert len(shardings["k"]) == cfg.n_layers
+    assert all(s.spec == P(("data", "fsdp"), "tensor", None, None) for s in shardings["k"] + shardings["v"])
     assert shardings["positions"].spec == P(("data", "fsdp"), None)
     assert shardings["index"].spec == P()
 

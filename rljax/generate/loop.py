@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from rljax.generate.sampling import Sampling, sample
-from rljax.models.api import default_positions, variables
-from rljax.models.cache import CACHE_AXES, Cache, init_cache
+from rljax.models.api import default_positions, per_layer_layout, variables
+from rljax.models.cache import CACHE_AXES, Cache, init_cache, map_arrays
 from rljax.models.config import ModelConfig
 from rljax.models.transformer import Transformer
 from rljax.sharding import to_host
@@ -199,13 +199,14 @@ def _grow_cache(cache, *, extra):
         axis = CACHE_AXES[name].index("cache_length")
         return jnp.pad(x, [(0, extra) if a == axis else (0, 0) for a in range(x.ndim)])
 
-    return _constrain_cache({name: pad(name, x) for name, x in cache.items()})
+    return _constrain_cache(map_arrays(pad, cache))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids", "pad_id"),
                    donate_argnames=("cache",), compiler_options=_COMPILER_OPTIONS)
 def _extend(params, cache, tokens, mask, active, key, max_steps, *, cfg: ModelConfig, max_new_tokens: int,
             sampling: Sampling, eos_ids: tuple[int, ...], pad_id: int) -> tuple[Generation, Cache]:
+    cfg, params = per_layer_layout(cfg, params)
     model = Transformer(cfg)
     mask = mask & active[:, None]
     positions = default_positions(mask, cache)
@@ -286,15 +287,15 @@ class _Loop(NamedTuple):
 
 def _constrain_cache(cache: Cache) -> Cache:
     """Shards the cache by its logical axes (a no-op outside `sharding.use_mesh`)."""
-    return {name: nn.with_logical_constraint(x, CACHE_AXES[name]) for name, x in cache.items()}
+    return map_arrays(lambda name, x: nn.with_logical_constraint(x, CACHE_AXES[name]), cache)
 
 
 def _repeat_rows(cache: Cache, n: int) -> Cache:
     """Each batch row of the cache repeated n times in place (row i -> rows i*n .. i*n+n-1)."""
     if n == 1:
         return cache
-    return {name: jnp.repeat(x, n, axis=CACHE_AXES[name].index("batch"))
-            if "batch" in CACHE_AXES[name] else x for name, x in cache.items()}
+    return map_arrays(lambda name, x: jnp.repeat(x, n, axis=CACHE_AXES[name].index("batch"))
+                      if "batch" in CACHE_AXES[name] else x, cache)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "eos_ids",
@@ -303,6 +304,7 @@ def _repeat_rows(cache: Cache, n: int) -> Cache:
 def _generate(params, prompt_tokens, prompt_mask, key, *, cfg: ModelConfig, max_new_tokens: int,
               sampling: Sampling, eos_ids: tuple[int, ...], num_samples: int,
               pad_id: int) -> Generation:
+    cfg, params = per_layer_layout(cfg, params)
     model = Transformer(cfg)
     batch, prompt_len = prompt_tokens.shape
     rows, n_new = batch * num_samples, max_new_tokens

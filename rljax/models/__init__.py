@@ -10,6 +10,7 @@ from rljax.models.api import (
     init,
     last_token_values,
     param_axes,
+    per_layer_layout,
     reward,
 )
 from rljax.models.cache import Cache, init_cache

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from rljax.models.cache import Cache
 from rljax.models.config import ModelConfig
+from rljax.models.layout import unstack_layers
 from rljax.models.transformer import Transformer
 
 
@@ -52,6 +53,18 @@ def variables(params: dict) -> dict:
     return {"params": {k: v for k, v in params.items() if k != ADAPTERS}, ADAPTERS: params[ADAPTERS]}
 
 
+def per_layer_layout(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
+    """(cfg, params) in the per-layer layout, which a forward pass with a cache runs: a
+    `scan_layers` config's stacked layers (and adapters) are split into `layers_0`, ...; under
+    jit, one copy of the weights per call. Other configs are returned as they are."""
+    if not cfg.scan_layers:
+        return cfg, params
+    params = unstack_layers(params, cfg.n_layers)
+    if ADAPTERS in params:
+        params[ADAPTERS] = unstack_layers(params[ADAPTERS], cfg.n_layers)
+    return cfg.replace(scan_layers=False), params
+
+
 def default_positions(mask: jax.Array, cache: Cache | None = None) -> jax.Array:
     """cumsum(mask) - 1, continued from the real tokens already in the cache; padding gets 0."""
     positions = jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1
@@ -74,6 +87,8 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, positions: jax.Ar
     mask = jnp.ones(tokens.shape, bool) if mask is None else jnp.asarray(mask, bool)
     if positions is None:
         positions = default_positions(mask, cache)
+    if cache is not None:
+        cfg, params = per_layer_layout(cfg, params)
     outputs, cache = Transformer(cfg).apply(variables(params), tokens, positions, mask, cache)
     return Output(outputs.get("logits"), outputs.get("values"), outputs["hidden"], cache)
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from rljax import models
-from rljax.models.cache import CACHE_AXES, init_cache
+from rljax.models.cache import CACHE_AXES, init_cache, map_arrays
 from rljax.models.config import ModelConfig
 from rljax.sharding.mesh import RULES, Rules, logical_to_sharding
 
@@ -71,7 +71,7 @@ def cache_shardings(cfg: ModelConfig, mesh: Mesh, batch_size: int, max_len: int,
                     rules: Rules = RULES) -> dict:
     """`NamedSharding`s matching `models.init_cache(cfg, batch_size, max_len)` (CACHE_AXES)."""
     shapes = jax.eval_shape(lambda: init_cache(cfg, batch_size, max_len))
-    return _tree_shardings(CACHE_AXES, shapes, mesh, rules)
+    return map_arrays(lambda name, leaf: logical_to_sharding(CACHE_AXES[name], leaf.shape, mesh, rules), shapes)
 
 
 def generation_shardings(params, mesh: Mesh | AbstractMesh) -> dict:

@@ -235,7 +235,7 @@ def test_a_grown_cache_continues_as_one_allocated_at_full_size(chatty_policy):
     key = jax.random.PRNGKey(7)
     small = generate.extend(cfg, params, generate.new_cache(cfg, 2, 8), tokens, tokens > 0, key, 4)[1]
     grown = generate.grow_cache(small, 40)
-    assert grown["k"].shape[2] == 40 and not np.asarray(grown["mask"])[:, 8:].any()
+    assert all(k.shape[-1] == 40 for k in grown["k"]) and all(v.shape[2] == 40 for v in grown["v"]) and not np.asarray(grown["mask"])[:, 8:].any()
     full = generate.extend(cfg, params, generate.new_cache(cfg, 2, 40), tokens, tokens > 0, key, 4)[1]
     more = np.array([[0, 9], [10, 11]], np.int32)
     a, _ = generate.extend(cfg, params, grown, more, more > 0, key, 6)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rljax import models
+from rljax.models.transformer import Transformer
 
 # Published parameter counts (model cards / safetensors metadata of the Hugging Face checkpoints).
 PUBLISHED_PARAMS = {
@@ -60,18 +61,31 @@ def test_cached_decoding_equals_full_forward_with_left_padding(cfg):
     tokens, mask = _left_padded_batch(cfg, lengths=[10, 7, 4], total=10)
     full, _ = models.apply(cfg, params, tokens, mask=mask)
 
-    prefill = 5
+    # A prefill, a 3-token append onto the filled cache (a multi-turn append), then single steps.
     cache = models.init_cache(cfg, batch_size=3, max_len=16)
-    logits, cache = models.apply(cfg, params, tokens[:, :prefill], mask=mask[:, :prefill], cache=cache)
-    steps = [logits]
-    for t in range(prefill, tokens.shape[1]):
-        logits, cache = models.apply(cfg, params, tokens[:, t:t + 1], mask=mask[:, t:t + 1], cache=cache)
+    steps = []
+    for start, end in [(0, 5), (5, 8), (8, 9), (9, 10)]:
+        logits, cache = models.apply(cfg, params, tokens[:, start:end], mask=mask[:, start:end], cache=cache)
         steps.append(logits)
     incremental = jnp.concatenate(steps, axis=1)
 
     real = np.asarray(mask)
     np.testing.assert_allclose(np.asarray(incremental)[real], np.asarray(full)[real], atol=1e-5, rtol=0)
     assert int(cache["index"]) == tokens.shape[1]
+
+
+def test_the_cache_holds_heads_major_buffers_per_layer():
+    cfg = FEATURE_RICH.replace(scan_layers=True)
+    cache = models.init_cache(cfg, batch_size=3, max_len=16)
+    assert [k.shape for k in cache["k"]] == [(3, cfg.n_kv_heads, cfg.head_dim, 16)] * cfg.n_layers
+    assert [v.shape for v in cache["v"]] == [(3, cfg.n_kv_heads, 16, cfg.head_dim)] * cfg.n_layers
+    # The scanned layout has no per-layer buffers to read: a cached pass goes through
+    # models.forward, which switches to the per-layer layout, or is refused.
+    params = models.init(cfg, jax.random.PRNGKey(0))
+    tokens = jnp.ones((3, 2), jnp.int32)
+    with pytest.raises(ValueError, match="per-layer layout"):
+        Transformer(cfg).apply({"params": params}, tokens, jnp.zeros((3, 2), jnp.int32),
+                               jnp.ones((3, 2), bool), cache)
 
 
 def test_padding_is_never_attended_to():
