@@ -42,6 +42,19 @@ def forward_flops(cfg: ModelConfig, batch: int, seq_len: int, logit_rows: int | 
     return trunk + attention + head
 
 
+def decode_step_flops(cfg: ModelConfig, batch: int, context: float) -> float:
+    """Matrix-product FLOPs of one decoding step: one new token in each of `batch` rows, which
+    attends to `context` keys (the cached ones and its own), and its next-token logits:
+        batch * (2 * P_matmul + 4 * L * context * N * H) + 2 * D * V * batch.
+    """
+    if batch < 1 or context < 1:
+        raise ValueError(f"batch and context must be >= 1, got {batch} and {context}")
+    trunk = 2 * cfg.n_layers * layer_matmul_params(cfg) * batch
+    attention = 4 * cfg.n_layers * batch * context * cfg.n_heads * cfg.head_dim
+    head = 2 * cfg.d_model * cfg.vocab_size * batch if cfg.lm_head else 0
+    return trunk + attention + head
+
+
 def train_step_flops(cfg: ModelConfig, batch: int, seq_len: int, logit_rows: int | None = None) -> int:
     """Model FLOPs of one optimiser step on [batch, seq_len]: forward and backward, 3x forward."""
     return 3 * forward_flops(cfg, batch, seq_len, logit_rows)

@@ -38,6 +38,18 @@ def test_train_step_flops_match_xla_gradient(name):
     assert 1.0 <= xla / cost.train_step_flops(cfg, B, T) < 1.05
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_decode_step_flops_match_xla_for_a_cached_step(name):
+    cfg, slots = CONFIGS[name], 24
+    params = jax.eval_shape(lambda: models.init(cfg, jax.random.PRNGKey(0)))
+    cache = jax.eval_shape(lambda: models.init_cache(cfg, B, slots))
+    step = jax.jit(lambda p, t, c: models.forward(cfg, p, t, cache=c).logits)
+    analysis = step.lower(params, jax.ShapeDtypeStruct((B, 1), jnp.int32), cache).compile().cost_analysis()
+    xla = (analysis[0] if isinstance(analysis, list) else analysis)["flops"]
+    # The step attends to every cache slot (masked, not skipped) and to its own key.
+    assert 1.0 <= xla / cost.decode_step_flops(cfg, B, slots + 1) < 1.05
+
+
 def test_logit_rows_count_the_head_per_row():
     cfg = CONFIGS["tiny"]
     per_row = 2 * cfg.d_model * cfg.vocab_size
@@ -55,3 +67,5 @@ def test_bytes_of_a_decoding_step():
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="batch and seq_len"):
         cost.forward_flops(CONFIGS["tiny"], 0, T)
+    with pytest.raises(ValueError, match="batch and context"):
+        cost.decode_step_flops(CONFIGS["tiny"], 2, 0)
